@@ -1,0 +1,17 @@
+"""anomvae: anomaly detection with variational autoencoders.
+
+The estimator is imported lazily so that ``import anomvae`` (and the
+``anomvae`` command's ``--help``) does not pay for importing torch.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["VAEAnomalyDetector", "__version__"]
+
+
+def __getattr__(name):
+    if name == "VAEAnomalyDetector":
+        from .detector import VAEAnomalyDetector
+
+        return VAEAnomalyDetector
+    raise AttributeError(f"module 'anomvae' has no attribute {name!r}")

@@ -1,0 +1,633 @@
+"""The scikit-learn estimator: :class:`VAEAnomalyDetector`."""
+
+import copy
+import logging
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .elbo import negative_elbo
+from .model import DEFAULT_MIN_VARIANCE, build_vae
+
+logger = logging.getLogger("anomvae")
+
+# Scoring pads every chunk to at least this many rows.  CPU matrix kernels
+# take a different code path for very short matrices, whose last bits can
+# differ; with a floor on the chunk height a row's score is bit-for-bit the
+# same whichever rows share its chunk.
+_MIN_CHUNK_ROWS = 16
+# Upper bound on the floats of one scoring chunk's widest activation tensor.
+_CHUNK_BUDGET = 1 << 22
+
+
+def _resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device name") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
+    return str(resolved)
+
+
+def _random_state(random_state):
+    """``check_random_state``, except that None gives a generator seeded from
+    the OS rather than numpy's global one, which is left untouched."""
+    if random_state is None:
+        return np.random.RandomState()
+    return check_random_state(random_state)
+
+
+def _auto_latent_dim(n_features):
+    return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
+
+
+class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
+    """Anomaly detection with a variational autoencoder.
+
+    A VAE is trained on ``X`` to maximise the evidence lower bound (ELBO) of
+    its rows.  A row's ELBO is a lower bound on its log-likelihood under the
+    learned model, so rows the model finds improbable get a low ELBO: the
+    anomaly score is the negative ELBO, in nats.
+
+    Parameters
+    ----------
+    latent_dim : int or "auto", default="auto"
+        Size of the latent code. ``"auto"`` uses ``ceil(sqrt(n_features))``,
+        clipped to [2, 32].
+    hidden_dims : tuple of int, default=(64, 32)
+        Widths of the encoder's hidden layers; the decoder mirrors them.
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        Observation model p(x|z). ``"gaussian"``: the decoder gives each
+        feature's mean and a per-feature variance is learned, with a floor of
+        ``1e-3`` in standardised units so that the likelihood stays bounded.
+        ``"bernoulli"``: the decoder gives logits; ``X`` must lie in [0, 1].
+    beta : float, default=1.0
+        Weight of the KL term in the training objective. Scores always use
+        the true negative ELBO (weight 1).
+    kl_warmup : int, default=10
+        Number of epochs over which the KL weight rises linearly from
+        ``beta / kl_warmup`` to ``beta``, which keeps the posterior from
+        collapsing onto the prior early in training. 0 disables the ramp.
+    max_epochs : int, default=200
+        Maximum number of passes over the training data.
+    batch_size : int, default=128
+        Rows per optimisation step. Data with fewer rows form one batch.
+    lr : float, default=1e-3
+        Learning rate of the Adam optimiser.
+    weight_decay : float, default=0.0
+        L2 penalty of the Adam optimiser.
+    validation_fraction : float, default=0.1
+        Fraction of ``X`` held out to monitor early stopping. When it holds
+        no row, the training loss is monitored instead.
+    n_iter_no_change : int or None, default=10
+        Training stops once the monitored negative ELBO has not improved by
+        more than ``tol`` for this many epochs after the warm-up, and the
+        weights of the epoch with the lowest monitored loss are restored. ``None`` trains for
+        ``max_epochs``.
+    tol : float, default=1e-3
+        Smallest relative decrease of the monitored loss that counts as an
+        improvement: an epoch improves when its loss is below
+        ``best * (1 - tol)`` for a positive best loss (``best * (1 + tol)``
+        for a negative one).
+    n_score_samples : int, default=16
+        Monte-Carlo samples of z per row when estimating the ELBO for
+        scoring. The standard normal draws are fixed at fit time and shared
+        by all rows, so scores are deterministic.
+    contamination : "auto" or float, default="auto"
+        Sets the decision threshold. A float in (0, 0.5] flags that fraction
+        of the training rows. ``"auto"`` uses Tukey's rule on the training
+        anomaly scores: a row is flagged when its negative ELBO exceeds the
+        third quartile plus 1.5 interquartile ranges.
+    standardize : bool or "auto", default="auto"
+        Centre and scale each feature by its training mean and standard
+        deviation before the network sees it. ``"auto"`` standardises for the
+        Gaussian likelihood and leaves [0, 1] data as it is for the Bernoulli
+        one. Scores are corrected by the log-Jacobian of the scaling, so they
+        are densities of the data in its original units.
+    device : str, default="auto"
+        Torch device to train and score on: ``"auto"`` (CUDA when
+        available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialisation, data split, shuffling, training
+        noise and the fixed scoring noise. Global random generators are
+        left untouched.
+    verbose : int, default=0
+        Print one line per epoch when positive.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The trained VAE.
+    latent_dim_ : int
+        Latent size used (``latent_dim`` with ``"auto"`` resolved).
+    center_ : ndarray of shape (n_features_in_,)
+        Per-feature value subtracted before the network sees ``X``.
+    scale_ : ndarray of shape (n_features_in_,)
+        Per-feature divisor applied after centring.
+    offset_ : float
+        ``decision_function = score_samples - offset_``; rows with a negative
+        decision value are anomalies.
+    threshold_ : float
+        The same cut in anomaly-score units: ``threshold_ == -offset_``; a row
+        whose negative ELBO exceeds it is flagged.
+    history_ : dict of list
+        Per-epoch ``epoch``, ``beta``, ``train_loss`` (the weighted training
+        objective), ``train_reconstruction``, ``train_kl``, and for the
+        monitored data ``val_loss`` (negative ELBO with ``beta``),
+        ``val_reconstruction`` and ``val_kl``; all in nats per row.
+    n_epochs_ : int
+        Number of epochs run.
+    best_epoch_ : int
+        Epoch whose weights were kept.
+    device_ : str
+        Device the model was trained on.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    See Also
+    --------
+    sklearn.ensemble.IsolationForest : Tree-based unsupervised outlier detector.
+
+    Notes
+    -----
+    ``score_samples`` returns the ELBO (higher is more normal), estimated with
+    ``n_score_samples`` fixed draws of the reparameterised latent:
+    ``log p(x|z)`` averaged over the draws, minus the closed-form
+    ``KL(q(z|x) || N(0, I))``.
+
+    References
+    ----------
+    Kingma and Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+    An and Cho, "Variational Autoencoder based Anomaly Detection using
+    Reconstruction Probability", 2015.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomvae import VAEAnomalyDetector
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(200, 4))
+    >>> detector = VAEAnomalyDetector(random_state=0).fit(X)
+    >>> detector.predict([[0.0, 0.0, 0.0, 0.0], [9.0, -9.0, 9.0, -9.0]])
+    array([ 1, -1])
+    """
+
+    _parameter_constraints = {
+        "latent_dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "hidden_dims": [tuple, list],
+        "likelihood": [StrOptions({"gaussian", "bernoulli"})],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "kl_warmup": [Interval(Integral, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_score_samples": [Interval(Integral, 1, None, closed="left")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "standardize": ["boolean", StrOptions({"auto"})],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        latent_dim="auto",
+        hidden_dims=(64, 32),
+        likelihood="gaussian",
+        beta=1.0,
+        kl_warmup=10,
+        max_epochs=200,
+        batch_size=128,
+        lr=1e-3,
+        weight_decay=0.0,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-3,
+        n_score_samples=16,
+        contamination="auto",
+        standardize="auto",
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.latent_dim = latent_dim
+        self.hidden_dims = hidden_dims
+        self.likelihood = likelihood
+        self.beta = beta
+        self.kl_warmup = kl_warmup
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.n_score_samples = n_score_samples
+        self.contamination = contamination
+        self.standardize = standardize
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # ``transform`` gives latent means; sklearn's transformer checks apply.
+        from sklearn.utils import TransformerTags
+
+        tags.transformer_tags = TransformerTags()
+        return tags
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the VAE on ``X`` and set the decision threshold.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows, mostly normal.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : object
+            The fitted detector.
+        """
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        hidden_dims = tuple(self.hidden_dims)
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
+        self._check_domain(X)
+        self.device_ = _resolve_device(self.device)
+        rng = _random_state(self.random_state)
+        n_samples, n_features = X.shape
+
+        standardize = self.likelihood == "gaussian" if self.standardize == "auto" else self.standardize
+        if standardize:
+            self.center_ = X.mean(axis=0, dtype=np.float64)
+            scale = X.std(axis=0, dtype=np.float64)
+            self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.center_)), scale, 1.0)
+        else:
+            self.center_ = np.zeros(n_features)
+            self.scale_ = np.ones(n_features)
+
+        self.latent_dim_ = _auto_latent_dim(n_features) if self.latent_dim == "auto" else int(self.latent_dim)
+        self._module_config = {
+            "architecture": "mlp",
+            "n_features": int(n_features),
+            "hidden_dims": [int(h) for h in hidden_dims],
+            "latent_dim": self.latent_dim_,
+            "likelihood": self.likelihood,
+            "min_variance": DEFAULT_MIN_VARIANCE,
+            "n_score_samples": int(self.n_score_samples),
+        }
+        seeds = rng.randint(np.iinfo(np.int32).max, size=3)
+        # Weight initialisation draws from torch's global generator; fork it
+        # so the caller's random stream is left exactly as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeds[0]))
+            module = build_vae(self._module_config)
+            module.score_noise.normal_()
+        self.module_ = module.to(self.device_)
+
+        X_scaled = self._scale(X)
+        order = rng.permutation(n_samples)
+        n_val = int(self.validation_fraction * n_samples)
+        val_rows, train_rows = order[:n_val], order[n_val:]
+        self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
+
+        scores = self._score_samples(X)
+        if self.contamination == "auto":
+            q1, q3 = np.percentile(-scores, [25.0, 75.0])
+            self.threshold_ = float(q3 + 1.5 * (q3 - q1))
+            self.offset_ = -self.threshold_
+        else:
+            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
+            self.threshold_ = -self.offset_
+        return self
+
+    def _train(self, X_train, X_val, seeds):
+        device = self.device_
+        module = self.module_
+        shuffle_gen = torch.Generator().manual_seed(int(seeds[0]))
+        noise_gen = torch.Generator(device=device).manual_seed(int(seeds[1]))
+        X_train = torch.tensor(X_train, device=device)
+        X_monitor = X_train if X_val is None else torch.tensor(X_val, device=device)
+        n_train = X_train.shape[0]
+        optimizer = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+        history = {key: [] for key in (
+            "epoch", "beta", "train_loss", "train_reconstruction", "train_kl",
+            "val_loss", "val_reconstruction", "val_kl",
+        )}
+        best_loss, best_epoch, best_state, stale = np.inf, 0, None, 0
+        stopped_early = False
+        for epoch in range(1, self.max_epochs + 1):
+            beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
+            module.train()
+            sums = np.zeros(3)
+            for rows in torch.randperm(n_train, generator=shuffle_gen).split(self.batch_size):
+                batch = X_train[rows.to(device)]
+                eps = torch.randn(
+                    (1, batch.shape[0], self.latent_dim_), generator=noise_gen, device=device
+                )
+                reconstruction, kl = module(batch, eps)
+                reconstruction, kl = reconstruction.sum(-1), kl.sum(-1)
+                loss = negative_elbo(reconstruction, kl, beta).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = batch.shape[0]
+                sums += n * np.array([loss.item(), reconstruction.mean().item(), kl.mean().item()])
+            train_loss, train_rec, train_kl = sums / n_train
+            if not np.isfinite(train_loss):
+                raise ValueError(
+                    f"training diverged at epoch {epoch} (loss {train_loss}); "
+                    f"try a smaller lr than {self.lr} or standardize=True"
+                )
+            module.eval()
+            val_rec, val_kl = (float(v.mean()) for v in self._map_scaled(
+                lambda x: module.score_terms(x), X_monitor))
+            val_loss = float(negative_elbo(val_rec, val_kl, self.beta))
+            for key, value in zip(history, (
+                epoch, beta, train_loss, train_rec, train_kl, val_loss, val_rec, val_kl
+            )):
+                history[key].append(float(value) if key != "epoch" else value)
+            self._report_epoch(history, epoch)
+
+            warming_up = self.kl_warmup and epoch < self.kl_warmup
+            if warming_up or self.n_iter_no_change is None:
+                continue
+            # Patience runs out after n_iter_no_change epochs without an
+            # improvement larger than tol; the weights kept are those of the
+            # lowest monitored loss, improvement large or small.
+            stale = 0 if best_state is None or val_loss < best_loss - self.tol * abs(best_loss) else stale + 1
+            if best_state is None or val_loss < best_loss:
+                best_loss, best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(module.state_dict())
+            if stale >= self.n_iter_no_change:
+                stopped_early = True
+                break
+
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        else:
+            best_epoch = epoch
+        module.eval()
+        self.history_ = history
+        self.n_epochs_ = epoch
+        self.best_epoch_ = best_epoch
+        if self.n_iter_no_change is not None and not stopped_early:
+            warnings.warn(
+                f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the "
+                "validation loss stopped improving; consider a larger max_epochs.",
+                ConvergenceWarning,
+            )
+
+    def _report_epoch(self, history, epoch):
+        record = {key: values[-1] for key, values in history.items()}
+        line = (
+            f"epoch {epoch}/{self.max_epochs}: loss {record['train_loss']:.4f}, "
+            f"val {record['val_loss']:.4f} (reconstruction {record['val_reconstruction']:.4f}, "
+            f"KL {record['val_kl']:.4f}, beta {record['beta']:.3g})"
+        )
+        if self.verbose:
+            print(line)
+        logger.debug(line, extra={"anomvae_epoch": record, "anomvae_max_epochs": self.max_epochs})
+
+    # -------------------------------------------------------------- helpers
+
+    def _check_domain(self, X):
+        if self.likelihood == "bernoulli" and X.size and (X.min() < 0 or X.max() > 1):
+            column = int(np.flatnonzero((X < 0).any(axis=0) | (X > 1).any(axis=0))[0])
+            raise ValueError(
+                "likelihood='bernoulli' needs values in [0, 1]; "
+                f"column {column} holds values in [{X[:, column].min():g}, {X[:, column].max():g}]"
+            )
+
+    def _scale(self, X):
+        return ((X - self.center_) / self.scale_).astype(np.float32)
+
+    def _chunk_rows(self, width):
+        per_row = max(1, self.module_.score_noise.shape[0] * width)
+        return max(_MIN_CHUNK_ROWS, _CHUNK_BUDGET // per_row)
+
+    def _map_scaled(self, fn, X):
+        """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
+
+        ``fn`` maps a (n, ...) tensor to a tensor or a tuple of tensors with
+        n rows; the results come back concatenated as float64 numpy arrays.
+        Each chunk is padded to at least ``_MIN_CHUNK_ROWS`` rows so that a
+        row's result does not depend on its neighbours.
+        """
+        widths = [X.shape[1], self.latent_dim_, *self._module_config["hidden_dims"]]
+        step = self._chunk_rows(max(widths))
+        device = self.module_.score_noise.device
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], step):
+                chunk = torch.as_tensor(X[start:start + step], device=device)
+                n = chunk.shape[0]
+                if n < _MIN_CHUNK_ROWS:
+                    chunk = torch.cat([chunk, chunk.new_zeros((_MIN_CHUNK_ROWS - n, *chunk.shape[1:]))])
+                result = fn(chunk)
+                result = result if isinstance(result, tuple) else (result,)
+                outputs.append([r[:n].double().cpu().numpy() for r in result])
+        merged = tuple(np.concatenate(parts) for parts in zip(*outputs))
+        return merged if len(merged) > 1 else merged[0]
+
+    def _validate_input(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        self._check_domain(X)
+        return X
+
+    # -------------------------------------------------------------- scoring
+
+    def _score_samples(self, X):
+        reconstruction, kl = self._map_scaled(self.module_.score_terms, self._scale(X))
+        # Change of variables from the scaled features back to the data's units.
+        log_jacobian = -np.log(self.scale_).sum()
+        return -(reconstruction + kl) + log_jacobian
+
+    def score_samples(self, X):
+        """ELBO of each row, in nats: higher means more normal.
+
+        The anomaly score reported to users is its negation, the negative
+        ELBO.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        return self._score_samples(self._validate_input(X))
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,), dtype float64
+        """
+        return self._score_samples(self._validate_input(X)) - self.offset_
+
+    def predict(self, X):
+        """Label rows: +1 for normal, -1 for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        decision = self._score_samples(self._validate_input(X)) - self.offset_
+        return np.where(decision >= 0, 1, -1)
+
+    # ---------------------------------------------------- latent space
+
+    def transform(self, X):
+        """Latent means E[z|x] of the rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim_)
+        """
+        X = self._validate_input(X)
+        return self._map_scaled(lambda x: self.module_.encode(x)[0], self._scale(X))
+
+    def fit_transform(self, X, y=None):
+        """Fit the detector on ``X`` and return the latent means of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim_)
+        """
+        return self.fit(X, y).transform(X)
+
+    def inverse_transform(self, Z):
+        """Decoded means E[x|z] of latent codes, in the data's original units.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, latent_dim_)
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self)
+        from sklearn.utils import check_array
+
+        Z = check_array(Z, dtype=[np.float64, np.float32])
+        if Z.shape[1] != self.latent_dim_:
+            raise ValueError(
+                f"Z has {Z.shape[1]} columns, but the latent space of this "
+                f"VAEAnomalyDetector has {self.latent_dim_} dimensions"
+            )
+        return self._decode_means(Z.astype(np.float32))
+
+    def _decode_means(self, Z):
+        module = self.module_
+        scaled = self._map_scaled(lambda z: module.likelihood.mean(module.decode(z)), Z)
+        return scaled * self.scale_ + self.center_
+
+    def sample(self, n_samples=1, *, random_state=None, noise=False):
+        """Generate new rows from the model, in the data's original units.
+
+        Latent codes are drawn from the prior N(0, I) and decoded.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of rows to generate.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the draws.
+        noise : bool, default=False
+            When False, return the decoder's mean for each code; when True,
+            also draw from the observation model p(x|z) (Gaussian noise, or
+            0/1 values for the Bernoulli likelihood).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        rng = _random_state(random_state)
+        Z = rng.standard_normal((n_samples, self.latent_dim_)).astype(np.float32)
+        if not noise:
+            return self._decode_means(Z)
+        module = self.module_
+        generator = torch.Generator(device=module.score_noise.device)
+        generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        draws = self._map_scaled(lambda z: module.likelihood.sample(module.decode(z), generator), Z)
+        return draws * self.scale_ + self.center_
+
+    # ------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        # A copy: object.__getstate__ may hand back the live __dict__.
+        state = dict(super().__getstate__())
+        module = state.pop("module_", None)
+        if module is not None:
+            # Weights travel on the CPU so a GPU-trained model unpickles anywhere.
+            state["_module_state"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        return state
+
+    def __setstate__(self, state):
+        module_state = state.pop("_module_state", None)
+        super().__setstate__(state)
+        if module_state is not None:
+            self.module_ = self._restore_module(module_state)
+
+    def _restore_module(self, module_state):
+        device = self.device_
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(
+                f"this model was trained on {device}, which is not available; using the CPU",
+                UserWarning,
+            )
+            device = self.device_ = "cpu"
+        module = build_vae(self._module_config)
+        module.load_state_dict(module_state)
+        return module.to(device).eval()

@@ -1,0 +1,178 @@
+"""PyTorch modules of the variational autoencoder.
+
+Only ``torch.nn.Module`` classes live here: encoders, decoders and
+likelihood heads, plus :func:`build_vae`, which rebuilds a network from the
+plain, JSON-serialisable configuration that the estimator stores with a
+fitted model.  Loss formulas come from :mod:`anomvae.elbo`.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from . import elbo
+
+# Smallest variance (in the units the network sees, i.e. standardised
+# features by default) a Gaussian likelihood may learn.  Without a floor the
+# likelihood of a near-constant feature grows without bound during training.
+DEFAULT_MIN_VARIANCE = 1e-3
+
+
+def _mlp(sizes):
+    """Linear layers with a SiLU after each, for ``sizes[0] -> ... -> sizes[-1]``."""
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """Maps rows to the mean and log-variance of a diagonal Gaussian q(z|x)."""
+
+    def __init__(self, n_features, hidden_dims, latent_dim):
+        super().__init__()
+        self.body = _mlp([n_features, *hidden_dims])
+        width = hidden_dims[-1] if hidden_dims else n_features
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.mu(h), self.logvar(h)
+
+
+class MLPDecoder(nn.Module):
+    """Maps latent codes to the location parameter of p(x|z), one per feature."""
+
+    def __init__(self, latent_dim, hidden_dims, n_features):
+        super().__init__()
+        self.body = _mlp([latent_dim, *hidden_dims])
+        width = hidden_dims[-1] if hidden_dims else latent_dim
+        self.out = nn.Linear(width, n_features)
+
+    def forward(self, z):
+        return self.out(self.body(z))
+
+
+class GaussianLikelihood(nn.Module):
+    """Gaussian p(x|z) with the decoder's output as mean and a learned
+    per-feature variance bounded below by ``min_variance``."""
+
+    def __init__(self, n_features, min_variance=DEFAULT_MIN_VARIANCE):
+        super().__init__()
+        self.min_variance = float(min_variance)
+        # softplus(raw) + floor starts at a variance of about 1, the
+        # variance of a standardised feature.
+        start = math.log(math.expm1(max(1.0 - self.min_variance, 1e-6)))
+        self.raw_variance = nn.Parameter(torch.full((n_features,), start))
+
+    def logvar(self):
+        return torch.log(nn.functional.softplus(self.raw_variance) + self.min_variance)
+
+    def log_prob(self, x, loc):
+        return elbo.gaussian_log_prob(x, loc, self.logvar())
+
+    def mean(self, loc):
+        return loc
+
+    def sample(self, loc, generator=None):
+        noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        return loc + torch.exp(0.5 * self.logvar()) * noise
+
+
+class BernoulliLikelihood(nn.Module):
+    """Bernoulli p(x|z) with the decoder's output as logits, for x in [0, 1]."""
+
+    def log_prob(self, x, loc):
+        return elbo.bernoulli_log_prob(x, loc)
+
+    def mean(self, loc):
+        return torch.sigmoid(loc)
+
+    def sample(self, loc, generator=None):
+        return torch.bernoulli(torch.sigmoid(loc), generator=generator)
+
+
+class VAE(nn.Module):
+    """Variational autoencoder: encoder, decoder and likelihood head.
+
+    The network works on flat rows of ``n_features`` values; architectures
+    for structured inputs reshape inside their encoder and decoder.
+
+    ``score_noise`` holds fixed standard normal draws of shape
+    ``(n_score_samples, latent_dim)``.  Scoring reuses them for every row, so
+    a row's ELBO estimate does not depend on which other rows share its
+    batch, nor on how often it is scored.
+    """
+
+    def __init__(self, encoder, decoder, likelihood, latent_dim, n_score_samples=1):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.register_buffer("score_noise", torch.zeros(n_score_samples, latent_dim))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, x, eps):
+        """Per-element terms of the negative ELBO.
+
+        Parameters
+        ----------
+        x : tensor of shape (n, n_features)
+        eps : tensor of shape (K, n or 1, latent_dim)
+            Standard normal draws; ``K`` Monte-Carlo samples per row.
+
+        Returns
+        -------
+        reconstruction_nll : tensor of shape (n, n_features)
+            ``-log p(x|z)`` per feature, averaged over the K samples.
+        kl : tensor of shape (n, latent_dim)
+            KL(q(z|x) || N(0, I)) per latent dimension, in closed form.
+        """
+        mu, logvar = self.encode(x)
+        z = elbo.reparameterize(mu, logvar, eps)
+        loc = self.decode(z)
+        log_px = self.likelihood.log_prob(x, loc)
+        # Average the K samples one element at a time: a reduction over the
+        # leading axis may be vectorised across rows, which would make a
+        # row's last bits depend on its position in the batch.
+        reconstruction_nll = -sum(log_px.unbind(0)) / log_px.shape[0]
+        return reconstruction_nll, elbo.kl_standard_normal(mu, logvar)
+
+    def score_terms(self, x):
+        """Per-row reconstruction NLL and KL, using the fixed ``score_noise``."""
+        reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))
+        return reconstruction_nll.sum(-1), kl.sum(-1)
+
+
+def build_vae(config):
+    """Build an untrained :class:`VAE` from a configuration dictionary.
+
+    The keys are ``architecture`` (``"mlp"``), ``n_features``,
+    ``hidden_dims``, ``latent_dim``, ``likelihood`` (``"gaussian"`` or
+    ``"bernoulli"``), ``min_variance`` and ``n_score_samples``.  The same
+    dictionary, stored with a fitted model, rebuilds the network so that its
+    ``state_dict`` can be loaded into it.
+    """
+    architecture = config.get("architecture", "mlp")
+    if architecture != "mlp":
+        raise ValueError(f"unknown architecture {architecture!r}")
+    n_features = int(config["n_features"])
+    latent_dim = int(config["latent_dim"])
+    hidden_dims = [int(h) for h in config["hidden_dims"]]
+    encoder = MLPEncoder(n_features, hidden_dims, latent_dim)
+    decoder = MLPDecoder(latent_dim, hidden_dims[::-1], n_features)
+    if config["likelihood"] == "gaussian":
+        likelihood = GaussianLikelihood(n_features, config.get("min_variance", DEFAULT_MIN_VARIANCE))
+    elif config["likelihood"] == "bernoulli":
+        likelihood = BernoulliLikelihood()
+    else:
+        raise ValueError(f"unknown likelihood {config['likelihood']!r}")
+    return VAE(encoder, decoder, likelihood, latent_dim, int(config.get("n_score_samples", 1)))

@@ -1,0 +1,43 @@
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from anomvae import VAEAnomalyDetector
+
+
+def make_low_rank(n_samples, n_features=8, rank=3, noise=0.1, seed=0):
+    """Rows near a random ``rank``-dimensional subspace, plus Gaussian noise."""
+    rng = np.random.RandomState(seed)
+    basis = rng.normal(size=(rank, n_features))
+    return rng.normal(size=(n_samples, rank)) @ basis + noise * rng.normal(size=(n_samples, n_features))
+
+
+@pytest.fixture(scope="session")
+def normal_rows():
+    return make_low_rank(800)
+
+
+@pytest.fixture(scope="session")
+def inliers(normal_rows):
+    """Training rows: the first 600 normal rows."""
+    return normal_rows[:600]
+
+
+@pytest.fixture(scope="session")
+def test_set(normal_rows):
+    """200 held-out normal rows, then 40 planted outliers; labels 1 = outlier."""
+    normal = normal_rows[600:]
+    rng = np.random.RandomState(1)
+    # Off the subspace, but at the inliers' own per-feature scale, so that a
+    # detector must learn the correlations rather than the marginal ranges.
+    outliers = rng.normal(size=(40, normal.shape[1])) * normal.std(axis=0)
+    return np.vstack([normal, outliers]), np.r_[np.zeros(200), np.ones(40)]
+
+
+@pytest.fixture(scope="session")
+def fitted(inliers):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return VAEAnomalyDetector(max_epochs=60, batch_size=32, lr=3e-3, random_state=0).fit(inliers)

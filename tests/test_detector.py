@@ -1,0 +1,403 @@
+"""Behaviour of VAEAnomalyDetector: detection, contract, determinism, errors."""
+
+import io
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from anomvae import VAEAnomalyDetector
+
+from conftest import make_low_rank
+
+FAST = dict(max_epochs=15, batch_size=32, lr=3e-3, random_state=0)
+
+
+def quiet_fit(estimator, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X)
+
+
+# ------------------------------------------------------------- detection
+
+
+def test_planted_outliers_rank_above_inliers(fitted, test_set):
+    X, y = test_set
+    assert roc_auc_score(y, -fitted.score_samples(X)) > 0.95
+
+
+def test_flags_outliers_and_few_inliers(fitted, test_set):
+    X, y = test_set
+    flagged = fitted.predict(X) == -1
+    assert flagged[y == 1].mean() > 0.8
+    assert flagged[y == 0].mean() < 0.1
+
+
+def test_outputs_types_and_relations(fitted, test_set):
+    X, _ = test_set
+    scores = fitted.score_samples(X.astype(np.float32))
+    assert scores.dtype == np.float64 and scores.shape == (len(X),)
+    np.testing.assert_array_equal(fitted.decision_function(X), fitted.score_samples(X) - fitted.offset_)
+    labels = fitted.predict(X)
+    assert labels.dtype.kind == "i" and set(np.unique(labels)) <= {-1, 1}
+    np.testing.assert_array_equal(labels == -1, -fitted.score_samples(X) > fitted.threshold_)
+    assert fitted.threshold_ == -fitted.offset_
+
+
+def test_auto_threshold_is_tukeys_fence_on_training_scores(fitted, inliers):
+    anomaly = -fitted.score_samples(inliers)
+    q1, q3 = np.percentile(anomaly, [25, 75])
+    assert fitted.threshold_ == pytest.approx(q3 + 1.5 * (q3 - q1))
+
+
+@pytest.mark.parametrize("contamination", [0.05, 0.2])
+def test_contamination_sets_training_flag_rate(inliers, contamination):
+    detector = quiet_fit(VAEAnomalyDetector(contamination=contamination, **FAST), inliers)
+    assert np.mean(detector.predict(inliers) == -1) == pytest.approx(contamination, abs=1 / len(inliers))
+    np.testing.assert_array_equal(detector.fit_predict(inliers), detector.predict(inliers))
+
+
+def test_scores_are_elbo_in_original_units(inliers):
+    """Rescaling a feature by c shifts every log-density by -log(c)."""
+    detector = quiet_fit(VAEAnomalyDetector(**FAST), inliers)
+    scaled = inliers * np.r_[10.0, np.ones(inliers.shape[1] - 1)]
+    rescaled = quiet_fit(VAEAnomalyDetector(**FAST), scaled)
+    np.testing.assert_allclose(
+        rescaled.score_samples(scaled), detector.score_samples(inliers) - np.log(10.0), rtol=1e-4, atol=1e-4
+    )
+
+
+# ---------------------------------------------------------- determinism
+
+
+def test_repeated_calls_give_identical_scores(fitted, test_set):
+    X, _ = test_set
+    np.testing.assert_array_equal(fitted.score_samples(X), fitted.score_samples(X))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_score_of_a_row_ignores_its_batch(fitted, test_set, data):
+    X, _ = test_set
+    full = fitted.score_samples(X)
+    rows = data.draw(st.lists(st.integers(0, len(X) - 1), min_size=1, max_size=60))
+    np.testing.assert_array_equal(fitted.score_samples(X[rows]), full[rows])
+    labels = fitted.predict(X[rows])
+    assert set(np.unique(labels)) <= {-1, 1}
+
+
+def test_score_independent_of_internal_chunking(fitted, test_set, monkeypatch):
+    X, _ = test_set
+    full = fitted.score_samples(X)
+    import anomvae.detector as module
+
+    monkeypatch.setattr(module, "_CHUNK_BUDGET", 1)  # one minimal chunk at a time
+    np.testing.assert_array_equal(fitted.score_samples(X), full)
+
+
+def test_same_random_state_same_model(inliers, test_set):
+    X, _ = test_set
+    a = quiet_fit(VAEAnomalyDetector(**FAST), inliers)
+    b = quiet_fit(VAEAnomalyDetector(**FAST), inliers)
+    np.testing.assert_array_equal(a.score_samples(X), b.score_samples(X))
+    c = quiet_fit(VAEAnomalyDetector(**{**FAST, "random_state": 1}), inliers)
+    assert not np.array_equal(a.score_samples(X), c.score_samples(X))
+
+
+def test_global_random_generators_untouched(inliers):
+    torch_state = torch.get_rng_state().clone()
+    numpy_state = np.random.get_state()[1].copy()
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2}), inliers)
+    detector.sample(5)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+
+
+# ------------------------------------------------------------- training
+
+
+def test_history_records_every_epoch(fitted):
+    history = fitted.history_
+    assert set(history) == {
+        "epoch", "beta", "train_loss", "train_reconstruction", "train_kl",
+        "val_loss", "val_reconstruction", "val_kl",
+    }
+    assert all(len(values) == fitted.n_epochs_ for values in history.values())
+    assert history["epoch"] == list(range(1, fitted.n_epochs_ + 1))
+    # Warm-up: beta ramps to its final value over kl_warmup epochs.
+    np.testing.assert_allclose(history["beta"][:10], np.arange(1, 11) / 10)
+    assert history["beta"][-1] == 1.0
+    np.testing.assert_allclose(
+        history["val_loss"], np.add(history["val_reconstruction"], history["val_kl"]), rtol=1e-6
+    )
+    assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_beta_changes_what_is_learned(inliers):
+    kwargs = {**FAST, "kl_warmup": 0}
+    free = quiet_fit(VAEAnomalyDetector(beta=0.0, **kwargs), inliers)
+    regular = quiet_fit(VAEAnomalyDetector(beta=1.0, **kwargs), inliers)
+    # Without the KL penalty the posterior drifts far from the prior.
+    assert free.history_["train_kl"][-1] > 2 * regular.history_["train_kl"][-1]
+    np.testing.assert_allclose(free.history_["train_loss"], free.history_["train_reconstruction"], rtol=1e-5)
+
+
+def test_early_stopping_restores_the_best_epoch(inliers, test_set):
+    X, _ = test_set
+    stopped = VAEAnomalyDetector(**{**FAST, "max_epochs": 200, "n_iter_no_change": 3, "tol": 0.05}).fit(inliers)
+    assert stopped.n_epochs_ < 200
+    post_warmup = stopped.history_["val_loss"][9:]
+    assert stopped.best_epoch_ == 10 + int(np.argmin(post_warmup))
+    # Training is deterministic, so the weights kept are those of a model
+    # trained for exactly best_epoch_ epochs.
+    replay = VAEAnomalyDetector(
+        **{**FAST, "max_epochs": stopped.best_epoch_, "n_iter_no_change": None}
+    ).fit(inliers)
+    np.testing.assert_array_equal(stopped.score_samples(X), replay.score_samples(X))
+
+
+def test_warns_when_max_epochs_cuts_training_short(inliers):
+    with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
+        VAEAnomalyDetector(**{**FAST, "max_epochs": 2}).fit(inliers)
+
+
+@pytest.mark.parametrize("n_samples", [2, 5, 40])
+def test_fits_when_fewer_rows_than_a_batch(n_samples):
+    X = make_low_rank(n_samples)
+    detector = quiet_fit(VAEAnomalyDetector(max_epochs=3, batch_size=128, random_state=0), X)
+    assert np.isfinite(detector.score_samples(X)).all()
+    assert len(detector.history_["train_loss"]) == 3
+
+
+def test_verbose_prints_each_epoch(inliers, capsys):
+    quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 3, "verbose": 1}), inliers)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3: loss")
+
+
+def test_constant_feature_is_scored_finitely(inliers):
+    X = np.column_stack([inliers, np.full(len(inliers), 7.0)])
+    detector = quiet_fit(VAEAnomalyDetector(**FAST), X)
+    assert detector.scale_[-1] == 1.0
+    shifted = X[:5].copy()
+    shifted[:, -1] = 8.0
+    scores = detector.score_samples(np.vstack([X[:5], shifted]))
+    assert np.isfinite(scores).all()
+    assert (scores[5:] < scores[:5] - 0.1).all()
+
+
+def test_bernoulli_likelihood_on_binary_data():
+    rng = np.random.RandomState(0)
+    prototypes = rng.rand(2, 12) > 0.5
+    X = prototypes[rng.randint(2, size=400)] ^ (rng.rand(400, 12) < 0.05)
+    noise = (rng.rand(20, 12) > 0.5).astype(float)
+    detector = quiet_fit(VAEAnomalyDetector(likelihood="bernoulli", **FAST), X.astype(float))
+    np.testing.assert_array_equal(detector.scale_, 1.0)
+    y = np.r_[np.zeros(100), np.ones(20)]
+    assert roc_auc_score(y, -detector.score_samples(np.vstack([X[:100], noise]))) > 0.9
+    assert ((detector.sample(10, random_state=0) >= 0) & (detector.sample(10) <= 1)).all()
+    assert set(np.unique(detector.sample(10, noise=True))) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match=r"needs values in \[0, 1\]; column 3"):
+        detector.score_samples(np.where(np.arange(12) == 3, 2.0, 0.0)[None, :])
+
+
+# ------------------------------------------------------ latent space
+
+
+def test_transform_and_inverse_transform(fitted, test_set):
+    X, _ = test_set
+    normal = X[:200]
+    Z = fitted.transform(normal)
+    assert Z.shape == (200, fitted.latent_dim_) and Z.dtype == np.float64
+    reconstruction = fitted.inverse_transform(Z)
+    assert reconstruction.shape == normal.shape
+    # The decoded means reconstruct the rows far better than the column means.
+    error = np.mean((reconstruction - normal) ** 2)
+    baseline = np.mean((normal - normal.mean(axis=0)) ** 2)
+    assert error < 0.1 * baseline
+    with pytest.raises(ValueError, match="latent space"):
+        fitted.inverse_transform(np.zeros((2, fitted.latent_dim_ + 1)))
+
+
+def test_sample_draws_rows_like_the_training_data():
+    rng = np.random.RandomState(0)
+    X = rng.normal(loc=[100.0, -5.0], scale=[10.0, 0.5], size=(500, 2))
+    detector = quiet_fit(VAEAnomalyDetector(**FAST), X)
+    samples = detector.sample(2000, random_state=0, noise=True)
+    assert samples.shape == (2000, 2)
+    assert abs(samples[:, 0].mean() - 100.0) < 2.0 and abs(samples[:, 1].mean() + 5.0) < 0.1
+    np.testing.assert_allclose(samples.std(axis=0), [10.0, 0.5], rtol=0.25)
+    np.testing.assert_array_equal(detector.sample(3, random_state=1), detector.sample(3, random_state=1))
+    with pytest.raises(ValueError, match="n_samples"):
+        detector.sample(0)
+
+
+def test_interpolation_between_two_rows(fitted, test_set):
+    X, _ = test_set
+    z = fitted.transform(X[:2])
+    path = fitted.inverse_transform(np.linspace(z[0], z[1], 5))
+    assert path.shape == (5, X.shape[1]) and np.isfinite(path).all()
+
+
+# ------------------------------------------------------------ ecosystem
+
+
+def test_pickle_and_joblib_round_trip(fitted, test_set, tmp_path):
+    X, _ = test_set
+    expected = fitted.score_samples(X)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.score_samples(X), expected)
+    joblib.dump(fitted, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").score_samples(X), expected)
+    assert restored.history_ == fitted.history_
+    assert hasattr(fitted, "module_")  # pickling leaves the original intact
+
+
+def test_pickled_weights_live_on_the_cpu(fitted):
+    state = fitted.__getstate__()
+    assert "module_" not in state
+    assert all(t.device.type == "cpu" for t in state["_module_state"].values())
+
+
+def test_gpu_trained_model_loads_without_cuda(fitted, test_set, monkeypatch):
+    """A model whose device_ is CUDA unpickles onto the CPU when CUDA is absent."""
+    X, _ = test_set
+    state = fitted.__getstate__()
+    state["device_"] = "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    restored = VAEAnomalyDetector.__new__(VAEAnomalyDetector)
+    with pytest.warns(UserWarning, match="trained on cuda"):
+        restored.__setstate__(state)
+    assert restored.device_ == "cpu"
+    np.testing.assert_array_equal(restored.score_samples(X), fitted.score_samples(X))
+
+
+def test_pipeline_and_clone(inliers, test_set):
+    X, y = test_set
+    pipeline = make_pipeline(StandardScaler(), VAEAnomalyDetector(standardize=False, **{**FAST, "max_epochs": 60}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipeline.fit(inliers)
+    assert roc_auc_score(y, -pipeline.score_samples(X)) > 0.9
+    assert set(np.unique(pipeline.predict(X))) == {-1, 1}
+    twin = clone(pipeline)
+    assert twin.get_params()["vaeanomalydetector__lr"] == FAST["lr"]
+    assert not hasattr(twin[-1], "module_")
+
+
+def test_grid_search_over_a_parameter(inliers, test_set):
+    X, y = test_set
+
+    def auc(estimator, X_, y_):
+        return roc_auc_score(y_, -estimator.score_samples(X_))
+
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    search = GridSearchCV(VAEAnomalyDetector(**FAST), {"latent_dim": [1, 3]}, scoring=auc, cv=cv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    assert search.best_params_["latent_dim"] in (1, 3)
+    assert len(search.cv_results_["mean_test_score"]) == 2
+
+
+def test_feature_names_are_kept(inliers):
+    columns = [f"f{i}" for i in range(inliers.shape[1])]
+    frame = pd.DataFrame(inliers, columns=columns)
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2}), frame)
+    assert list(detector.feature_names_in_) == columns
+    with pytest.raises(ValueError, match="feature names should match"):
+        detector.score_samples(frame[columns[::-1]])
+
+
+def test_init_stores_parameters_unchanged():
+    detector = VAEAnomalyDetector(hidden_dims=[8, 4], device="auto")
+    assert detector.hidden_dims == [8, 4] and detector.device == "auto"
+    with pytest.raises(TypeError):
+        VAEAnomalyDetector(8)  # keyword-only
+
+
+def test_device_is_resolved_at_fit(inliers):
+    detector = quiet_fit(VAEAnomalyDetector(device="cpu", **{**FAST, "max_epochs": 1}), inliers)
+    assert detector.device_ == "cpu" and detector.device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(inliers):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        VAEAnomalyDetector(device="cuda", max_epochs=1).fit(inliers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_matches_the_contract(inliers, test_set):
+    X, y = test_set
+    detector = quiet_fit(VAEAnomalyDetector(device="cuda", **FAST), inliers)
+    assert detector.device_.startswith("cuda")
+    scores = detector.score_samples(X)
+    rows = [5, 3, 200, 1]
+    np.testing.assert_array_equal(detector.score_samples(X[rows]), scores[rows])
+    restored = pickle.loads(pickle.dumps(detector))
+    np.testing.assert_array_equal(restored.score_samples(X), scores)
+    assert roc_auc_score(y, -scores) > 0.9
+
+
+# ----------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"device": "tpu-9000"}, "not a torch device"),
+        ({"hidden_dims": (8, 0)}, "positive integers"),
+        ({"contamination": 0.7}, "contamination"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"lr": 0.0}, "lr"),
+    ],
+)
+def test_bad_parameters_are_named(inliers, params, message):
+    with pytest.raises(ValueError, match=message):
+        VAEAnomalyDetector(**params).fit(inliers)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([[1.0, np.nan] * 4]), "NaN"),
+        (np.array([[1.0, np.inf] * 4]), "infinity"),
+        (np.zeros((3, 5)), "X has 5 features, but VAEAnomalyDetector is expecting 8"),
+        (np.array([["a"] * 8]), "could not convert|convert"),
+        (np.zeros((0, 8)), "0 sample"),
+    ],
+)
+def test_bad_input_at_scoring_is_a_clear_error(fitted, bad, message):
+    for method in (fitted.score_samples, fitted.predict, fitted.decision_function, fitted.transform):
+        with pytest.raises(ValueError, match=message):
+            method(bad)
+
+
+def test_one_sample_is_a_clear_error():
+    with pytest.raises(ValueError, match="1 sample"):
+        VAEAnomalyDetector().fit(np.zeros((1, 3)))
+
+
+def test_unfitted_detector_says_so():
+    with pytest.raises(NotFittedError):
+        VAEAnomalyDetector().score_samples(np.zeros((2, 2)))
+
+
+def test_diverging_training_is_reported():
+    X = make_low_rank(200) * 1e30
+    with pytest.raises(ValueError, match="training diverged"):
+        VAEAnomalyDetector(standardize=False, max_epochs=2, random_state=0).fit(X)

@@ -1,0 +1,92 @@
+"""The loss terms against closed forms and torch.distributions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import distributions as D
+
+from anomvae import elbo
+from anomvae.model import GaussianLikelihood, build_vae
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_kl_matches_torch_distributions(gen):
+    mu = torch.randn(50, 4, generator=gen)
+    logvar = torch.randn(50, 4, generator=gen)
+    q = D.Normal(mu, torch.exp(0.5 * logvar))
+    p = D.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.testing.assert_close(elbo.kl_standard_normal(mu, logvar), D.kl_divergence(q, p))
+
+
+def test_kl_is_zero_only_at_the_prior():
+    zeros = torch.zeros(3, 2)
+    assert torch.equal(elbo.kl_standard_normal(zeros, zeros), zeros)
+    # KL(N(1, 1) || N(0, 1)) = 1/2 in closed form.
+    assert elbo.kl_standard_normal(torch.ones(1), torch.zeros(1)).item() == pytest.approx(0.5)
+
+
+def test_gaussian_log_prob_matches_normal(gen):
+    x, mean, logvar = (torch.randn(20, 3, generator=gen) for _ in range(3))
+    expected = D.Normal(mean, torch.exp(0.5 * logvar)).log_prob(x)
+    torch.testing.assert_close(elbo.gaussian_log_prob(x, mean, logvar), expected)
+    # Standard normal density at 0 is 1 / sqrt(2 pi).
+    value = elbo.gaussian_log_prob(torch.zeros(1), torch.zeros(1), torch.zeros(1)).item()
+    assert value == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+def test_bernoulli_log_prob_matches_bernoulli(gen):
+    logits = torch.randn(30, 5, generator=gen)
+    x = torch.bernoulli(torch.full((30, 5), 0.3), generator=gen)
+    torch.testing.assert_close(elbo.bernoulli_log_prob(x, logits), D.Bernoulli(logits=logits).log_prob(x))
+
+
+def test_reparameterize_has_the_posterior_moments(gen):
+    mu, logvar = torch.tensor([2.0, -1.0]), torch.tensor([0.0, math.log(4.0)])
+    z = elbo.reparameterize(mu, logvar, torch.randn(200_000, 2, generator=gen))
+    torch.testing.assert_close(z.mean(0), mu, atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.tensor([1.0, 2.0]), atol=0.02, rtol=0)
+
+
+def test_negative_elbo_weights_the_kl_term():
+    reconstruction, kl = torch.tensor([3.0]), torch.tensor([2.0])
+    assert elbo.negative_elbo(reconstruction, kl).item() == 5.0
+    assert elbo.negative_elbo(reconstruction, kl, beta=0.5).item() == 4.0
+    assert elbo.negative_elbo(reconstruction, kl, beta=0.0).item() == 3.0
+
+
+def test_each_loss_component_moves_the_gradient_when_its_weight_changes(gen):
+    """The KL term reaches the encoder: its gradient changes with beta."""
+    config = dict(n_features=4, hidden_dims=[8], latent_dim=2, likelihood="gaussian")
+    torch.manual_seed(0)
+    module = build_vae(config)
+    x = torch.randn(16, 4, generator=gen)
+    eps = torch.randn(1, 16, 2, generator=gen)
+    grads = []
+    for beta in (0.0, 1.0, 2.0):
+        module.zero_grad()
+        reconstruction, kl = module(x, eps)
+        elbo.negative_elbo(reconstruction.sum(-1), kl.sum(-1), beta).mean().backward()
+        grads.append(module.encoder.logvar.weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+    # The loss is linear in beta, so the KL gradient adds up linearly.
+    torch.testing.assert_close(grads[2] - grads[1], grads[1] - grads[0])
+
+
+def test_gaussian_variance_floor_bounds_the_likelihood():
+    head = GaussianLikelihood(3, min_variance=1e-3)
+    with torch.no_grad():
+        head.raw_variance.fill_(-1e4)  # as small as training could push it
+    assert torch.all(head.logvar() >= math.log(1e-3) - 1e-6)
+    best = head.log_prob(torch.zeros(1, 3), torch.zeros(1, 3))
+    assert torch.all(best <= -0.5 * math.log(2 * math.pi * 1e-3) + 1e-4)
+
+
+def test_gaussian_likelihood_starts_at_unit_variance():
+    head = GaussianLikelihood(5)
+    np.testing.assert_allclose(head.logvar().exp().detach().numpy(), 1.0, rtol=1e-5)

@@ -1,0 +1,27 @@
+"""scikit-learn's own estimator checks, run the way scikit-learn runs them."""
+
+import warnings
+
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from anomvae import VAEAnomalyDetector
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    # The checks train for a handful of epochs on purpose.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@parametrize_with_checks(
+    [
+        VAEAnomalyDetector(max_epochs=5, batch_size=64, hidden_dims=(16,)),
+        VAEAnomalyDetector(max_epochs=3, n_iter_no_change=None, validation_fraction=0.0, contamination=0.1),
+    ]
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
