@@ -19,13 +19,16 @@ from .model import DEFAULT_MIN_VARIANCE, build_vae
 
 logger = logging.getLogger("anomvae")
 
-# Scoring pads every chunk to at least this many rows.  CPU matrix kernels
-# take a different code path for very short matrices, whose last bits can
-# differ; with a floor on the chunk height a row's score is bit-for-bit the
-# same whichever rows share its chunk.
+# Scoring runs the network on chunks of one fixed height per model, copied
+# into freshly allocated buffers and padded with zeros.  Matrix-multiply
+# kernels pick their algorithm (and so their summation order) by matrix shape
+# and memory alignment, so a row's last bits could otherwise depend on how
+# many rows share its call and where numpy placed them; with every call the
+# same shape and alignment a row's score is bit-for-bit the same in any batch.
 _MIN_CHUNK_ROWS = 16
-# Upper bound on the floats of one scoring chunk's widest activation tensor.
-_CHUNK_BUDGET = 1 << 22
+_MAX_CHUNK_ROWS = 1024
+# Target number of floats in one chunk's widest activation tensor.
+_CHUNK_BUDGET = 1 << 20
 
 
 def _resolve_device(device):
@@ -430,15 +433,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _chunk_rows(self, width):
         per_row = max(1, self.module_.score_noise.shape[0] * width)
-        return max(_MIN_CHUNK_ROWS, _CHUNK_BUDGET // per_row)
+        return int(np.clip(_CHUNK_BUDGET // per_row, _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS))
 
     def _map_scaled(self, fn, X):
         """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
 
         ``fn`` maps a (n, ...) tensor to a tensor or a tuple of tensors with
         n rows; the results come back concatenated as float64 numpy arrays.
-        Each chunk is padded to at least ``_MIN_CHUNK_ROWS`` rows so that a
-        row's result does not depend on its neighbours.
+        Every chunk is padded to the same height, so that a row's result
+        does not depend on its neighbours.
         """
         widths = [X.shape[1], self.latent_dim_, *self._module_config["hidden_dims"]]
         step = self._chunk_rows(max(widths))
@@ -446,10 +449,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         outputs = []
         with torch.inference_mode():
             for start in range(0, X.shape[0], step):
-                chunk = torch.as_tensor(X[start:start + step], device=device)
-                n = chunk.shape[0]
-                if n < _MIN_CHUNK_ROWS:
-                    chunk = torch.cat([chunk, chunk.new_zeros((_MIN_CHUNK_ROWS - n, *chunk.shape[1:]))])
+                rows = torch.as_tensor(X[start:start + step])
+                n = rows.shape[0]
+                # A fresh buffer from torch's allocator: aligned memory and
+                # one shape for every call (see _MIN_CHUNK_ROWS).
+                chunk = torch.zeros((step, *rows.shape[1:]), device=device)
+                chunk[:n] = rows
                 result = fn(chunk)
                 result = result if isinstance(result, tuple) else (result,)
                 outputs.append([r[:n].double().cpu().numpy() for r in result])
@@ -602,6 +607,52 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         draws = self._map_scaled(lambda z: module.likelihood.sample(module.decode(z), generator), Z)
         return draws * self.scale_ + self.center_
+
+    # ---------------------------------------------------------- model files
+
+    def _fitted_state(self):
+        """Fitted attributes as JSON-serialisable values, and the weights.
+
+        :mod:`anomvae.persistence` writes the two into a model file.
+        """
+        check_is_fitted(self)
+        fitted = {
+            "n_features_in_": int(self.n_features_in_),
+            "feature_names_in_": (
+                [str(name) for name in self.feature_names_in_] if hasattr(self, "feature_names_in_") else None
+            ),
+            "center_": [float(v) for v in self.center_],
+            "scale_": [float(v) for v in self.scale_],
+            "offset_": float(self.offset_),
+            "threshold_": float(self.threshold_),
+            "latent_dim_": int(self.latent_dim_),
+            "history_": self.history_,
+            "n_epochs_": int(self.n_epochs_),
+            "best_epoch_": int(self.best_epoch_),
+            "device_": self.device_,
+            "module_config": self._module_config,
+        }
+        weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        return fitted, weights
+
+    @classmethod
+    def _from_fitted_state(cls, params, fitted, weights):
+        """Rebuild a fitted detector from :meth:`_fitted_state`'s output."""
+        params = dict(params)
+        if isinstance(params.get("hidden_dims"), list):
+            params["hidden_dims"] = tuple(params["hidden_dims"])
+        detector = cls(**params)
+        fitted = dict(fitted)
+        detector._module_config = fitted.pop("module_config")
+        names = fitted.pop("feature_names_in_")
+        if names is not None:
+            detector.feature_names_in_ = np.asarray(names, dtype=object)
+        detector.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
+        detector.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
+        for name, value in fitted.items():
+            setattr(detector, name, value)
+        detector.module_ = detector._restore_module(weights)
+        return detector
 
     # ------------------------------------------------------------ pickling
 

@@ -99,13 +99,20 @@ def test_score_of_a_row_ignores_its_batch(fitted, test_set, data):
     assert set(np.unique(labels)) <= {-1, 1}
 
 
-def test_score_independent_of_internal_chunking(fitted, test_set, monkeypatch):
+@pytest.mark.parametrize("size", [1, 7, 16, 17, 33, 240])
+def test_score_independent_of_batch_size(fitted, test_set, size):
     X, _ = test_set
     full = fitted.score_samples(X)
-    import anomvae.detector as module
+    parts = np.concatenate([fitted.score_samples(X[i:i + size]) for i in range(0, len(X), size)])
+    np.testing.assert_array_equal(parts, full)
 
-    monkeypatch.setattr(module, "_CHUNK_BUDGET", 1)  # one minimal chunk at a time
-    np.testing.assert_array_equal(fitted.score_samples(X), full)
+
+def test_score_independent_of_other_rows_across_chunks(fitted, test_set):
+    """A row scores the same alone and inside a file-sized batch spanning many chunks."""
+    X, _ = test_set
+    big = np.vstack([X] * 20)  # more rows than one internal chunk
+    assert len(big) > 1024
+    np.testing.assert_array_equal(fitted.score_samples(big)[-len(X):], fitted.score_samples(X))
 
 
 def test_same_random_state_same_model(inliers, test_set):
