@@ -6,7 +6,7 @@ The estimator is imported lazily so that ``import anomvae`` (and the
 
 __version__ = "0.1.0"
 
-__all__ = ["VAEAnomalyDetector", "__version__"]
+__all__ = ["VAEAnomalyDetector", "load", "save", "__version__"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from .detector import VAEAnomalyDetector
 
         return VAEAnomalyDetector
+    if name in ("load", "save"):
+        from . import persistence
+
+        return getattr(persistence, name)
     raise AttributeError(f"module 'anomvae' has no attribute {name!r}")

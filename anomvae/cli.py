@@ -1,11 +1,393 @@
-"""The ``anomvae`` command."""
+"""The ``anomvae`` command: fit, score and inspect models on CSV data.
+
+Exit codes: 0 success; 1 anomalies found under ``--fail-on-anomaly``;
+2 usage or input error; 3 internal error. Results go to stdout or ``-o``,
+progress and summaries to stderr.
+
+Heavy modules (pandas, torch) are imported inside the commands, so that
+``anomvae --help`` and ``anomvae info`` start quickly and never load torch.
+"""
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
 
 import click
 
 from . import __version__
 
+EXIT_ANOMALIES = 1
+EXIT_INPUT_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
 
-@click.group()
+
+class InputError(click.ClickException):
+    """Bad input data, model file or parameter value: exit code 2."""
+
+    exit_code = EXIT_INPUT_ERROR
+
+
+class _AutoOr(click.ParamType):
+    """A number, or one of a few words (``auto``, ``none``)."""
+
+    def __init__(self, kind, words):
+        self.kind, self.words = kind, words
+        self.name = "|".join([*words, kind.__name__.upper()])
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        if value.lower() in self.words:
+            return self.words[value.lower()]
+        try:
+            return self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is not {' or '.join(self.words)} or a number", param, ctx)
+
+
+class _IntTuple(click.ParamType):
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+
+
+class _Names(click.ParamType):
+    name = "NAME,NAME,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+# Every VAEAnomalyDetector hyperparameter, as (parameter, click type, default,
+# help). The defaults repeat the estimator's so that --help shows them
+# without importing torch; a test keeps the two in step.
+ESTIMATOR_OPTIONS = [
+    ("latent_dim", _AutoOr(int, {"auto": "auto"}), "auto", "Latent size; auto = ceil(sqrt(n_features)) in [2, 32]."),
+    ("hidden_dims", _IntTuple(), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
+    ("likelihood", click.Choice(["gaussian", "bernoulli"]), "gaussian", "Observation model p(x|z)."),
+    ("beta", float, 1.0, "Weight of the KL term in training."),
+    ("kl_warmup", int, 10, "Epochs over which the KL weight ramps up."),
+    ("max_epochs", int, 200, "Maximum number of epochs."),
+    ("batch_size", int, 128, "Rows per optimisation step."),
+    ("lr", float, 1e-3, "Adam learning rate."),
+    ("weight_decay", float, 0.0, "Adam L2 penalty."),
+    ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
+    ("n_iter_no_change", _AutoOr(int, {"none": None}), 10, "Early-stopping patience in epochs; none disables."),
+    ("tol", float, 1e-3, "Relative improvement that resets the patience."),
+    ("n_score_samples", int, 16, "Fixed latent draws per row when scoring."),
+    ("contamination", _AutoOr(float, {"auto": "auto"}), "auto", "Threshold rule: auto (Tukey) or a rate in (0, 0.5]."),
+    ("standardize", click.Choice(["auto", "true", "false"]), "auto", "Scale features by training mean and std."),
+    ("device", str, "auto", "Torch device: auto, cpu, cuda, cuda:N."),
+    ("random_state", _AutoOr(int, {"none": None}), None, "Seed for reproducible training."),
+]
+
+
+def estimator_options(command):
+    """Add one ``--option`` per estimator hyperparameter to ``command``."""
+    for param, kind, default, help_text in reversed(ESTIMATOR_OPTIONS):
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else ("none" if default is None else default)
+        command = click.option(
+            "--" + param.replace("_", "-"), param, type=kind, default=default,
+            show_default=str(shown), help=help_text,
+        )(command)
+    return command
+
+
+def _estimator_params(values):
+    params = {param: values.pop(param) for param, *_ in ESTIMATOR_OPTIONS}
+    if isinstance(params["standardize"], str) and params["standardize"] != "auto":
+        params["standardize"] = params["standardize"] == "true"
+    return params
+
+
+def _report_warnings(caught, quiet):
+    if quiet:
+        return
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+
+
+class _EpochProgress(logging.Handler):
+    """Advances a click progress bar on each epoch the detector logs."""
+
+    def __init__(self, bar):
+        super().__init__(logging.DEBUG)
+        self.bar = bar
+
+    def emit(self, record):
+        epoch = getattr(record, "anomvae_epoch", None)
+        if epoch is not None:
+            self.bar.label = f"epoch {epoch['epoch']} loss {epoch['train_loss']:.3f} val {epoch['val_loss']:.3f}"
+            self.bar.update(1)
+
+
+@contextlib.contextmanager
+def _progress(max_epochs, quiet):
+    """A progress bar on stderr while training, only when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    logger = logging.getLogger("anomvae")
+    with click.progressbar(length=max_epochs, label="training", file=sys.stderr) as bar:
+        handler = _EpochProgress(bar)
+        logger.addHandler(handler)
+        previous = logger.level
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="w"):
+    """Open ``path`` for writing through a temporary file renamed on success.
+
+    On any error the temporary file is removed, so a failed command never
+    leaves a partial output file. ``"-"`` writes to stdout directly.
+    """
+    if path == "-":
+        yield sys.stdout if "b" not in mode else sys.stdout.buffer
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, mode, newline="" if "b" not in mode else None) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _input_errors(function):
+    """Turn the library's input errors into one-line ``Error:`` messages, exit 2."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ValueError as exc:  # DataError, ModelFileError, sklearn's own
+            raise InputError(str(exc)) from None
+
+    return wrapper
+
+
+class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except Exception as exc:  # an unexpected failure, not bad input
+            if os.environ.get("ANOMVAE_DEBUG"):
+                raise
+            click.echo(
+                f"Error: internal error: {type(exc).__name__}: {exc} "
+                "(set ANOMVAE_DEBUG=1 to see the traceback)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL_ERROR)
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="anomvae")
 def main():
-    """Find anomalies with variational autoencoders."""
+    """Find anomalies in tabular data with variational autoencoders.
+
+    \b
+    Exit codes:
+      0  success
+      1  anomalies found (only with score --fail-on-anomaly)
+      2  usage or input error
+      3  internal error
+    """
+
+
+_DATA = click.Path(exists=True, dir_okay=False, allow_dash=True)
+
+
+@main.command()
+@click.argument("data", type=_DATA)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--columns", type=_Names(), help="Feature columns to use (default: every numeric column).")
+@click.option("--exclude", type=_Names(), default=(), help="Columns to leave out of the features.")
+@click.option("--id-column", multiple=True, help="Column that identifies a row; kept out of training and "
+              "copied to score output. Repeatable.")
+@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Rows with empty, NaN or infinite values: fail naming them, or leave them out "
+              "(their lines are listed on stderr).")
+@estimator_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
+@_input_errors
+def fit(data, output, columns, exclude, id_column, delimiter, invalid_rows, quiet, **values):
+    """Train a model on the numeric columns of DATA (a CSV file, - for stdin)."""
+    from . import data as readers
+
+    from .detector import VAEAnomalyDetector
+
+    detector = VAEAnomalyDetector(**_estimator_params(values))
+    detector._validate_params()  # fail on a bad option before reading any data
+    name = readers.display_name(data)
+    frame = readers.read_csv(data, delimiter=delimiter, dtype={c: str for c in id_column})
+    features, skipped = readers.select_features(
+        frame, columns=columns, exclude=exclude, id_columns=id_column, name=name
+    )
+    if skipped and not quiet:
+        click.echo(f"{name}: ignoring non-numeric column(s): {', '.join(skipped)}", err=True)
+    X = readers.to_numeric(frame, features, name=name)
+    invalid, reasons = readers.invalid_rows(X, frame, features)
+    if invalid.any():
+        if invalid_rows == "error":
+            raise readers.invalid_rows_error(name, frame, invalid, reasons, "fix them or pass --invalid-rows skip")
+        if not quiet:
+            lines = ", ".join(str(row + 2) for row in frame.index[invalid])
+            click.echo(f"{name}: skipped {invalid.sum()} row(s) with empty, NaN or infinite values "
+                       f"at line(s) {lines}", err=True)
+        X = X[~invalid]
+
+    import pandas as pd
+
+    from .persistence import save
+
+    with warnings.catch_warnings(record=True) as caught, _progress(detector.max_epochs, quiet):
+        warnings.simplefilter("always")
+        detector.fit(pd.DataFrame(X, columns=features))
+    _report_warnings(caught, quiet)
+    extra = {"id_columns": list(id_column), "training": {"file": name, "rows": int(len(X))}}
+    try:
+        save(detector, output, extra=extra)
+    except OSError as exc:
+        raise InputError(f"cannot write model to {output}: {exc.strerror or exc}") from None
+    if not quiet:
+        click.echo(
+            f"{output}: trained on {len(X)} rows x {len(features)} features for {detector.n_epochs_} "
+            f"epochs (best {detector.best_epoch_}); threshold {detector.threshold_:.4f} nats",
+            err=True,
+        )
+
+
+def _load_model(path):
+    from .persistence import load, read_metadata
+
+    return load(path), read_metadata(path)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=_DATA)
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              show_default=True, help="Where to write the results.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Output format [default: jsonl for a .jsonl output, else csv].")
+@click.option("--only-anomalies", is_flag=True, help="Write only flagged rows (and rows not scored).")
+@click.option("--threshold", type=float, help="Anomaly-score cut in nats, instead of the model's.")
+@click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any row is flagged.")
+@click.option("--id-column", multiple=True, help="Row identifier column(s) to copy to the output "
+              "[default: those given at fit; else a 'row' number].")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Rows read and scored at a time; bounds memory.")
+@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
+              help="Rows with empty, NaN or infinite values: fail naming them, or write them "
+              "unscored with a 'status' column saying why.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@click.pass_context
+@_input_errors
+def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
+          chunk_size, delimiter, invalid_rows, quiet):
+    """Score every row of DATA (a CSV file, - for stdin) with MODEL.
+
+    Writes the id columns (or the 1-based 'row' number), 'anomaly_score' (the
+    negative ELBO, in nats) and 'is_anomaly' for each row. Columns are matched
+    by name: order does not matter and extra columns are ignored.
+    """
+    from . import data as readers
+    from .scoring import score_csv
+
+    detector, metadata = _load_model(model)
+    ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
+    fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
+    cut = detector.threshold_ if threshold is None else threshold
+    with atomic_output(output) as stream:
+        summary = score_csv(
+            detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size,
+            delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
+        )
+    if not quiet:
+        unscored = f", {summary['rows_not_scored']} not scored" if summary["rows_not_scored"] else ""
+        click.echo(
+            f"{readers.display_name(data)}: {summary['rows']} rows, {summary['anomalies']} anomalies"
+            f"{unscored} (threshold {cut:.4f} nats)",
+            err=True,
+        )
+    if fail_on_anomaly and summary["anomalies"]:
+        ctx.exit(EXIT_ANOMALIES)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@_input_errors
+def info(model, as_json):
+    """Describe MODEL: version, features, parameters, threshold, training."""
+    from .persistence import read_metadata
+
+    metadata = read_metadata(model)
+    fitted = metadata["fitted"]
+    history = fitted.get("history_", {})
+    summary = {
+        "file": model,
+        "anomvae_version": metadata.get("anomvae_version"),
+        "format_version": metadata["format_version"],
+        "created": metadata.get("created"),
+        "n_features": fitted.get("n_features_in_"),
+        "features": fitted.get("feature_names_in_"),
+        "id_columns": metadata.get("extra", {}).get("id_columns", []),
+        "threshold": fitted.get("threshold_"),
+        "latent_dim": fitted.get("latent_dim_"),
+        "device": fitted.get("device_"),
+        "params": metadata["params"],
+        "training": {
+            **metadata.get("extra", {}).get("training", {}),
+            "epochs": fitted.get("n_epochs_"),
+            "best_epoch": fitted.get("best_epoch_"),
+            "final_train_loss": (history.get("train_loss") or [None])[-1],
+            "best_val_loss": min(history.get("val_loss") or [float("nan")]),
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    training = summary["training"]
+    features = summary["features"] or [f"x{i}" for i in range(summary["n_features"] or 0)]
+    lines = [
+        f"model:      {model} (anomvae {summary['anomvae_version']}, format {summary['format_version']}, "
+        f"created {summary['created']})",
+        f"features:   {len(features)}: {', '.join(features)}",
+        f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
+        f"threshold:  {summary['threshold']:.6g} nats (negative ELBO)",
+        f"training:   {training.get('rows', '?')} rows from {training.get('file', '?')}; "
+        f"{training['epochs']} epochs, best {training['best_epoch']}; "
+        f"final train loss {training['final_train_loss']:.4f}, best validation loss {training['best_val_loss']:.4f}",
+        f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
+        "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
+    ]
+    click.echo("\n".join(lines))

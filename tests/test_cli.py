@@ -1,0 +1,390 @@
+"""The anomvae command: fit, score, info, exit codes and every input error."""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import anomvae
+from anomvae import cli
+from anomvae.detector import VAEAnomalyDetector
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+TRAIN = EXAMPLES / "cardio_train.csv"
+NEW = EXAMPLES / "cardio_new.csv"
+QUICK = ["--max-epochs", "5", "--random-state", "0"]
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def assert_input_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "cardio.anomvae"
+    result = invoke("fit", TRAIN, "-o", path, "--id-column", "record_id", *QUICK)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture
+def new_frame():
+    return pd.read_csv(NEW, dtype={"record_id": str})
+
+
+def score_frame(result):
+    assert result.exit_code in (0, 1), result.output
+    return pd.read_csv(io.StringIO(result.stdout), dtype={"record_id": str})
+
+
+# ------------------------------------------------------------------- fit
+
+
+def test_fit_writes_a_model_and_a_summary(model):
+    detector = anomvae.load(model)
+    assert list(detector.feature_names_in_) == list(pd.read_csv(TRAIN, nrows=0).columns[1:])
+    assert detector.max_epochs == 5 and detector.random_state == 0
+    metadata = anomvae.persistence.read_metadata(model)
+    assert metadata["extra"]["id_columns"] == ["record_id"]
+    assert metadata["extra"]["training"]["rows"] == 1281
+
+
+def test_fit_summary_and_quiet(tmp_path):
+    result = invoke("fit", TRAIN, "-o", tmp_path / "m", *QUICK)
+    assert result.exit_code == 0
+    assert "trained on 1281 rows x 21 features" in result.stderr
+    assert "ignoring non-numeric column(s): record_id" in result.stderr
+    assert result.stdout == ""
+    quiet = invoke("fit", TRAIN, "-o", tmp_path / "m", "--quiet", *QUICK)
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_fit_options_reach_the_estimator(tmp_path):
+    result = invoke(
+        "fit", TRAIN, "-o", tmp_path / "m", "--columns", "LB,AC,FM", "--hidden-dims", "8,4",
+        "--latent-dim", "2", "--contamination", "0.1", "--standardize", "false", "--n-iter-no-change",
+        "none", "--beta", "0.5", "--lr", "0.01", "--batch-size", "64", *QUICK,
+    )
+    assert result.exit_code == 0, result.output
+    detector = anomvae.load(tmp_path / "m")
+    assert list(detector.feature_names_in_) == ["LB", "AC", "FM"]
+    params = detector.get_params()
+    assert params["hidden_dims"] == (8, 4) and params["latent_dim"] == 2
+    assert params["contamination"] == 0.1 and params["standardize"] is False
+    assert params["n_iter_no_change"] is None and params["beta"] == 0.5 and params["batch_size"] == 64
+
+
+def test_fit_exclude(tmp_path):
+    result = invoke("fit", TRAIN, "-o", tmp_path / "m", "--exclude", "DS,DP", "--id-column", "record_id", *QUICK)
+    assert result.exit_code == 0
+    names = list(anomvae.load(tmp_path / "m").feature_names_in_)
+    assert "DS" not in names and "DP" not in names and len(names) == 19
+
+
+def test_cli_defaults_are_the_estimators():
+    defaults = VAEAnomalyDetector().get_params()
+    for param, _, default, _ in cli.ESTIMATOR_OPTIONS:
+        assert defaults[param] == default, param
+    exposed = {param for param, *_ in cli.ESTIMATOR_OPTIONS}
+    assert exposed == set(defaults) - {"verbose"}
+
+
+def test_fit_bad_parameter_value(tmp_path):
+    result = invoke("fit", TRAIN, "-o", tmp_path / "m", "--contamination", "0.9")
+    assert_input_error(result, "contamination")
+    assert not (tmp_path / "m").exists()
+
+
+def test_fit_rows_with_missing_values(tmp_path):
+    frame = pd.read_csv(TRAIN).head(60)
+    frame.loc[[3, 10], "AC"] = np.nan
+    frame.loc[20, "LB"] = np.inf
+    frame.to_csv(tmp_path / "holes.csv", index=False)
+    result = invoke("fit", tmp_path / "holes.csv", "-o", tmp_path / "m", *QUICK)
+    assert_input_error(result, "3 row(s)", "line(s) 5, 12, 22", "column 'AC'", "--invalid-rows skip")
+    assert not (tmp_path / "m").exists()
+    skipped = invoke("fit", tmp_path / "holes.csv", "-o", tmp_path / "m", "--invalid-rows", "skip", *QUICK)
+    assert skipped.exit_code == 0
+    assert "skipped 3 row(s)" in skipped.stderr and "5, 12, 22" in skipped.stderr
+    assert anomvae.persistence.read_metadata(tmp_path / "m")["extra"]["training"]["rows"] == 57
+
+
+def test_fit_from_stdin(tmp_path):
+    result = invoke("fit", "-", "-o", tmp_path / "m", *QUICK, input=TRAIN.read_text())
+    assert result.exit_code == 0, result.output
+    assert "<stdin>" in anomvae.persistence.read_metadata(tmp_path / "m")["extra"]["training"]["file"]
+
+
+def test_fit_unwritable_output(tmp_path):
+    result = invoke("fit", TRAIN, "-o", tmp_path / "no" / "such" / "dir" / "m", *QUICK)
+    assert_input_error(result, "cannot write")
+
+
+# ----------------------------------------------------------------- score
+
+
+def test_score_writes_every_row(model, new_frame):
+    result = invoke("score", model, NEW)
+    assert result.exit_code == 0, result.output
+    out = score_frame(result)
+    assert list(out.columns) == ["record_id", "anomaly_score", "is_anomaly"]
+    assert list(out["record_id"]) == list(new_frame["record_id"])
+    detector = anomvae.load(model)
+    features = list(detector.feature_names_in_)
+    expected = -detector.score_samples(new_frame[features])
+    np.testing.assert_allclose(out["anomaly_score"], expected, rtol=1e-15)
+    np.testing.assert_array_equal(out["is_anomaly"], expected > detector.threshold_)
+    assert f"{len(new_frame)} rows, {int(out['is_anomaly'].sum())} anomalies" in result.stderr
+
+
+def test_columns_matched_by_name(model, new_frame, tmp_path):
+    shuffled = new_frame[list(new_frame.columns[::-1])].assign(extra="text", more=1.5)
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    a = score_frame(invoke("score", model, NEW))
+    b = score_frame(invoke("score", model, tmp_path / "shuffled.csv"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_chunk_size_does_not_change_results(model):
+    a = invoke("score", model, NEW).stdout
+    b = invoke("score", model, NEW, "--chunk-size", "7").stdout
+    assert a == b
+
+
+def test_stdin_gzip_and_output_file(model, tmp_path):
+    baseline = invoke("score", model, NEW).stdout
+    assert invoke("score", model, "-", input=NEW.read_text()).stdout == baseline
+    with gzip.open(tmp_path / "new.csv.gz", "wt") as handle:
+        handle.write(NEW.read_text())
+    assert invoke("score", model, tmp_path / "new.csv.gz").stdout == baseline
+    result = invoke("score", model, NEW, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert (tmp_path / "out.csv").read_text() == baseline
+
+
+def test_jsonl_output(model, tmp_path):
+    csv_rows = score_frame(invoke("score", model, NEW))
+    result = invoke("score", model, NEW, "--format", "jsonl")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == len(csv_rows)
+    assert set(records[0]) == {"record_id", "anomaly_score", "is_anomaly"}
+    assert [r["is_anomaly"] for r in records] == list(csv_rows["is_anomaly"])
+    np.testing.assert_allclose([r["anomaly_score"] for r in records], csv_rows["anomaly_score"], rtol=1e-14)
+    invoke("score", model, NEW, "-o", tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_text() == result.stdout
+
+
+def test_only_anomalies_threshold_and_exit_codes(model, tmp_path):
+    all_rows = score_frame(invoke("score", model, NEW))
+    flagged = score_frame(invoke("score", model, NEW, "--only-anomalies"))
+    pd.testing.assert_frame_equal(flagged, all_rows[all_rows["is_anomaly"]].reset_index(drop=True))
+    cut = float(all_rows["anomaly_score"].median())
+    custom = score_frame(invoke("score", model, NEW, "--threshold", cut))
+    np.testing.assert_array_equal(custom["is_anomaly"], custom["anomaly_score"] > cut)
+    alarm = invoke("score", model, NEW, "--fail-on-anomaly", "-o", tmp_path / "o.csv")
+    assert alarm.exit_code == 1 and (tmp_path / "o.csv").exists()
+    calm = invoke("score", model, NEW, "--fail-on-anomaly", "--threshold", "1e9")
+    assert calm.exit_code == 0 and "0 anomalies" in calm.stderr
+
+
+def test_row_numbers_without_id_columns(tmp_path):
+    invoke("fit", TRAIN, "-o", tmp_path / "m", "--exclude", "record_id", *QUICK)
+    out = score_frame(invoke("score", tmp_path / "m", NEW))
+    assert list(out.columns) == ["row", "anomaly_score", "is_anomaly"]
+    assert list(out["row"]) == list(range(1, len(out) + 1))
+
+
+def test_invalid_rows_are_named_or_marked_never_dropped(model, new_frame, tmp_path):
+    holes = new_frame.copy()
+    holes.loc[4, "AC"] = np.nan
+    holes.loc[9, "Mean"] = np.inf
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    result = invoke("score", model, tmp_path / "holes.csv", "-o", tmp_path / "out.csv")
+    assert_input_error(result, "2 row(s)", "line(s) 6, 11", "column 'AC'", "--invalid-rows mark")
+    assert not (tmp_path / "out.csv").exists()
+
+    marked = invoke("score", model, tmp_path / "holes.csv", "--invalid-rows", "mark")
+    assert marked.exit_code == 0
+    out = score_frame(marked)
+    assert len(out) == len(holes) and list(out["record_id"]) == list(holes["record_id"])
+    assert out["anomaly_score"].isna().sum() == 2 and out["is_anomaly"].isna().sum() == 2
+    assert out.loc[4, "status"] == "not scored: empty or NaN value in column 'AC' (line 6)"
+    assert out.loc[9, "status"] == "not scored: infinite value in column 'Mean' (line 11)"
+    assert (out.drop(index=[4, 9])["status"] == "scored").all()
+    assert "2 not scored" in marked.stderr
+    only = score_frame(invoke("score", model, tmp_path / "holes.csv", "--invalid-rows", "mark", "--only-anomalies"))
+    assert set(holes.loc[[4, 9], "record_id"]) <= set(only["record_id"])
+    assert only["is_anomaly"].isna().sum() == 2
+
+
+def test_failed_score_leaves_existing_output_untouched(model, tmp_path):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(NEW.read_text().replace("\nc0003,", "\nc0003,oops", 1))
+    result = invoke("score", model, bad, "-o", tmp_path / "out.csv", "--chunk-size", "1")
+    assert result.exit_code == 2
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "out.csv"]
+
+
+# ------------------------------------------------------ input errors
+
+
+def _write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_missing_model_columns_are_listed(model, new_frame, tmp_path):
+    new_frame.drop(columns=["AC", "Mean"]).to_csv(tmp_path / "d.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "d.csv"), "missing column(s) 'AC', 'Mean'")
+
+
+def test_non_numeric_value_names_column_line_and_value(model, new_frame, tmp_path):
+    frame = new_frame.astype({"MSTV": object})
+    frame.loc[7, "MSTV"] = "n/a?"
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "d.csv"), "column 'MSTV', line 9", "'n/a?'")
+    assert_input_error(invoke("fit", tmp_path / "d.csv", "-o", tmp_path / "m", *QUICK), "column 'MSTV', line 9")
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "the file is empty"),
+        (NEW.read_text().splitlines()[0] + "\n", "header but no data rows"),
+        (NEW.read_text().replace(",", ";"), "delimited by ';'"),
+    ],
+    ids=["empty", "header-only", "semicolons"],
+)
+def test_unusable_files(model, tmp_path, text, fragment):
+    path = _write(tmp_path, text)
+    assert_input_error(invoke("score", model, path), fragment)
+    assert_input_error(invoke("fit", path, "-o", tmp_path / "m"), fragment)
+    assert not (tmp_path / "m").exists()
+
+
+def test_other_delimiter_works_when_named(model, tmp_path):
+    path = _write(tmp_path, NEW.read_text().replace(",", ";"))
+    baseline = invoke("score", model, NEW).stdout
+    assert invoke("score", model, path, "--delimiter", ";").stdout == baseline
+
+
+def test_paths_that_are_not_files(model, tmp_path):
+    for args in (["score", model, tmp_path], ["score", model, tmp_path / "nope.csv"],
+                 ["fit", tmp_path, "-o", tmp_path / "m"], ["score", tmp_path / "nope", NEW]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "Error:" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_file_that_is_not_a_model(tmp_path):
+    assert_input_error(invoke("score", TRAIN, NEW), "not an anomvae model file")
+    assert_input_error(invoke("info", TRAIN), "not an anomvae model file")
+
+
+def test_model_without_feature_names(tmp_path):
+    detector = VAEAnomalyDetector(max_epochs=2, random_state=0).fit(np.random.RandomState(0).normal(size=(50, 3)))
+    anomvae.save(detector, tmp_path / "m")
+    assert_input_error(invoke("score", tmp_path / "m", NEW), "without column names")
+
+
+def test_internal_errors_exit_3(model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("anomvae.scoring.score_csv", broken)
+    result = invoke("score", model, NEW)
+    assert result.exit_code == 3
+    assert "internal error: RuntimeError: boom" in result.stderr
+
+
+# ------------------------------------------------------------------ info
+
+
+def test_info_text_and_json(model):
+    text = invoke("info", model)
+    assert text.exit_code == 0
+    assert "features:   21: LB, AC" in text.stdout and "threshold:" in text.stdout
+    data = json.loads(invoke("info", model, "--json").stdout)
+    detector = anomvae.load(model)
+    assert data["threshold"] == detector.threshold_
+    assert data["features"] == list(detector.feature_names_in_)
+    assert data["training"]["epochs"] == detector.n_epochs_ and data["training"]["rows"] == 1281
+    assert data["params"]["max_epochs"] == 5 and data["anomvae_version"] == anomvae.__version__
+
+
+def test_progress_handler_advances_once_per_epoch(inliers):
+    class Bar:
+        label, steps = "", 0
+
+        def update(self, n):
+            self.steps += n
+
+    import logging
+
+    bar = Bar()
+    handler = cli._EpochProgress(bar)
+    logger = logging.getLogger("anomvae")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        detector = VAEAnomalyDetector(max_epochs=4, n_iter_no_change=None, random_state=0).fit(inliers)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert bar.steps == detector.n_epochs_ == 4 and bar.label.startswith("epoch 4 loss")
+
+
+# ------------------------------------------------- installed console script
+
+
+def _script():
+    script = shutil.which("anomvae", path=os.path.dirname(sys.executable)) or shutil.which("anomvae")
+    if script is None:
+        pytest.fail("the anomvae console script is not installed (pip install -e .)")
+    return script
+
+
+def test_installed_script_end_to_end(tmp_path):
+    script = _script()
+    fit = subprocess.run([script, "fit", TRAIN, "-o", tmp_path / "m", "--id-column", "record_id", *QUICK],
+                         capture_output=True, text=True)
+    assert fit.returncode == 0, fit.stderr
+    scored = subprocess.run([script, "score", tmp_path / "m", NEW, "--fail-on-anomaly"],
+                            capture_output=True, text=True)
+    out = pd.read_csv(io.StringIO(scored.stdout))
+    assert len(out) == 550
+    assert scored.returncode == (1 if out["is_anomaly"].any() else 0)
+    bad = subprocess.run([script, "score", tmp_path / "m", TRAIN.parent], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith(("Usage:", "Error:"))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["info", "MODEL"], ["fit", "--help"], ["score", "--help"]])
+def test_help_and_info_do_not_import_torch(model, args):
+    args = [str(model) if a == "MODEL" else a for a in args]
+    code = (
+        "import sys\nfrom anomvae.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

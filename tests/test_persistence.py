@@ -1,0 +1,141 @@
+"""Model files: round trips, atomic writes, and every way a file can be bad."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import anomvae
+from anomvae.persistence import FORMAT_VERSION, ModelFileError, read_metadata
+
+
+@pytest.fixture(scope="module")
+def model_path(fitted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "model.anomvae"
+    anomvae.save(fitted, path, extra={"note": "kept"})
+    return path
+
+
+def test_round_trip_gives_identical_scores(fitted, model_path, test_set):
+    X, _ = test_set
+    loaded = anomvae.load(model_path)
+    np.testing.assert_array_equal(loaded.score_samples(X), fitted.score_samples(X))
+    np.testing.assert_array_equal(loaded.transform(X), fitted.transform(X))
+    assert loaded.get_params() == fitted.get_params()
+    assert loaded.threshold_ == fitted.threshold_ and loaded.history_ == fitted.history_
+
+
+def test_round_trip_keeps_feature_names(inliers, tmp_path):
+    frame = pd.DataFrame(inliers, columns=[f"c{i}" for i in range(inliers.shape[1])])
+    detector = anomvae.VAEAnomalyDetector(max_epochs=2, random_state=0).fit(frame)
+    anomvae.save(detector, tmp_path / "m.anomvae")
+    loaded = anomvae.load(tmp_path / "m.anomvae")
+    assert list(loaded.feature_names_in_) == list(frame.columns)
+    np.testing.assert_array_equal(loaded.score_samples(frame), detector.score_samples(frame))
+
+
+def test_metadata_is_json_readable(model_path):
+    metadata = read_metadata(model_path)
+    assert metadata["format"] == "anomvae-model" and metadata["format_version"] == FORMAT_VERSION
+    assert metadata["anomvae_version"] == anomvae.__version__
+    assert metadata["extra"] == {"note": "kept"}
+    assert metadata["fitted"]["n_features_in_"] == 8
+    with zipfile.ZipFile(model_path) as archive:
+        assert set(archive.namelist()) == {"anomvae.json", "weights.pt"}
+
+
+def test_save_is_atomic(fitted, model_path, tmp_path):
+    target = tmp_path / "m.anomvae"
+    target.write_bytes(b"previous model")
+    unfitted = anomvae.VAEAnomalyDetector()
+    with pytest.raises(Exception):
+        anomvae.save(unfitted, target)
+    assert target.read_bytes() == b"previous model"
+    assert os.listdir(tmp_path) == ["m.anomvae"]  # no temporary file left behind
+
+
+def _rewrite(source, target, metadata_edit=None, weights=None):
+    with zipfile.ZipFile(source) as archive:
+        metadata = json.loads(archive.read("anomvae.json"))
+        raw_weights = archive.read("weights.pt")
+    if metadata_edit:
+        metadata_edit(metadata)
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("anomvae.json", json.dumps(metadata))
+        archive.writestr("weights.pt", raw_weights if weights is None else weights)
+    return target
+
+
+def _truncated(path, tmp):
+    data = path.read_bytes()
+    (tmp / "bad").write_bytes(data[: len(data) // 2])
+
+
+def _flipped(path, tmp):
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("weights.pt")
+    # Damage bytes inside the stored weights; the member's CRC-32 no longer matches.
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 10
+    data[start:start + 8] = b"\x00\x01\x02\x03\x04\x05\x06\x07"
+    (tmp / "bad").write_bytes(bytes(data))
+
+
+def _foreign_zip(path, tmp):
+    with zipfile.ZipFile(tmp / "bad", "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+
+
+def _foreign_json(path, tmp):
+    with zipfile.ZipFile(tmp / "bad", "w") as archive:
+        archive.writestr("anomvae.json", json.dumps({"format": "something-else"}))
+
+
+def _newer(path, tmp):
+    _rewrite(path, tmp / "bad", lambda m: m.update(format_version=FORMAT_VERSION + 1, anomvae_version="9.0"))
+
+
+def _bad_weights(path, tmp):
+    _rewrite(path, tmp / "bad", weights=b"these are not tensors")
+
+
+def _pickle_payload(path, tmp):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp / "owned"),))
+
+    _rewrite(path, tmp / "bad", weights=pickle.dumps(Exploit()))
+
+
+def _text(path, tmp):
+    (tmp / "bad").write_text("record_id,a,b\n1,2,3\n")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncated, "not a complete zip archive"),
+        (_flipped, "corrupted model file"),
+        (_foreign_zip, "it has no anomvae.json"),
+        (_foreign_json, "no 'anomvae-model' marker"),
+        (_newer, "model format 2; this anomvae .* reads format 1 at most. Upgrade anomvae"),
+        (_bad_weights, "weights.pt cannot be read"),
+        (_pickle_payload, "weights.pt cannot be read"),
+        (_text, "not an anomvae model file"),
+    ],
+)
+def test_bad_model_files_give_one_clear_error(model_path, tmp_path, damage, message):
+    damage(model_path, tmp_path)
+    with pytest.raises(ModelFileError, match=message):
+        anomvae.load(tmp_path / "bad")
+    assert not (tmp_path / "owned").exists()  # loading never runs code from the file
+
+
+def test_directory_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError, match="is a directory"):
+        anomvae.load(tmp_path)
