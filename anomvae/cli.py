@@ -90,6 +90,7 @@ ESTIMATOR_OPTIONS = [
     ("n_score_samples", int, 16, "Fixed latent draws per row when scoring."),
     ("contamination", _AutoOr(float, {"auto": "auto"}), "auto", "Threshold rule: auto (Tukey) or a rate in (0, 0.5]."),
     ("standardize", click.Choice(["auto", "true", "false"]), "auto", "Scale features by training mean and std."),
+    ("score_bound", click.Choice(["elbo", "iwae"]), "elbo", "Score bound: the ELBO, or the importance-weighted bound."),
     ("device", str, "auto", "Torch device: auto, cpu, cuda, cuda:N."),
     ("random_state", _AutoOr(int, {"none": None}), None, "Seed for reproducible training."),
 ]

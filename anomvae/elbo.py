@@ -54,3 +54,28 @@ def negative_elbo(reconstruction_nll, kl, beta=1.0):
     bound on ``-log p(x)``; other values give the beta-VAE training objective.
     """
     return reconstruction_nll + beta * kl
+
+
+def standard_normal_log_prob(z):
+    """Element-wise log N(z | 0, 1)."""
+    return -0.5 * (LOG_2PI + z**2)
+
+
+def importance_weighted_bound(log_weights):
+    """Importance-weighted bound ``log (1/K sum_k exp(log_weights[k]))``.
+
+    ``log_weights`` is a sequence of K tensors of equal shape, each
+    ``log p(x|z_k) + log p(z_k) - log q(z_k|x)`` for one draw z_k ~ q(z|x).
+    With K = 1 this is the single-sample ELBO; it tightens towards
+    ``log p(x)`` as K grows (Burda et al., 2016). The log-sum-exp runs
+    element by element over the sequence, so each row's value does not
+    depend on the other rows computed with it.
+    """
+    log_weights = list(log_weights)
+    peak = log_weights[0]
+    for w in log_weights[1:]:
+        peak = torch.maximum(peak, w)
+    total = torch.zeros_like(peak)
+    for w in log_weights:
+        total = total + torch.exp(w - peak)
+    return peak + torch.log(total) - math.log(len(log_weights))

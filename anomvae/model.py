@@ -146,6 +146,16 @@ class VAE(nn.Module):
         reconstruction_nll = -sum(log_px.unbind(0)) / log_px.shape[0]
         return reconstruction_nll, elbo.kl_standard_normal(mu, logvar)
 
+    def importance_weighted_elbo(self, x):
+        """Per-row importance-weighted bound on log p(x), using ``score_noise``."""
+        mu, logvar = self.encode(x)
+        eps = self.score_noise.unsqueeze(1)
+        z = elbo.reparameterize(mu, logvar, eps)
+        log_px = self.likelihood.log_prob(x, self.decode(z)).sum(-1)
+        log_pz = elbo.standard_normal_log_prob(z).sum(-1)
+        log_qz = (-0.5 * (elbo.LOG_2PI + logvar + eps**2)).sum(-1)
+        return elbo.importance_weighted_bound((log_px + log_pz - log_qz).unbind(0))
+
     def score_terms(self, x):
         """Per-row reconstruction NLL and KL, using the fixed ``score_noise``."""
         reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))

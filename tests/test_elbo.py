@@ -90,3 +90,31 @@ def test_gaussian_variance_floor_bounds_the_likelihood():
 def test_gaussian_likelihood_starts_at_unit_variance():
     head = GaussianLikelihood(5)
     np.testing.assert_allclose(head.logvar().exp().detach().numpy(), 1.0, rtol=1e-5)
+
+
+def test_importance_weighted_bound_is_a_log_mean_exp(gen):
+    log_weights = torch.randn(7, 30, generator=gen) * 5
+    expected = torch.logsumexp(log_weights, dim=0) - math.log(7)
+    torch.testing.assert_close(elbo.importance_weighted_bound(log_weights.unbind(0)), expected)
+    # Jensen: never below the average log weight, equal to it for one draw.
+    assert torch.all(elbo.importance_weighted_bound(log_weights.unbind(0)) >= log_weights.mean(0) - 1e-5)
+    torch.testing.assert_close(elbo.importance_weighted_bound([log_weights[0]]), log_weights[0])
+
+
+def test_importance_weighted_elbo_uses_the_right_densities(gen):
+    """With one draw the bound is log p(x|z) + log p(z) - log q(z|x) at that z."""
+    torch.manual_seed(0)
+    module = build_vae(dict(n_features=3, hidden_dims=[8], latent_dim=2, likelihood="gaussian", n_score_samples=1))
+    module.score_noise.normal_(generator=gen)
+    x = torch.randn(5, 3, generator=gen)
+    with torch.no_grad():
+        mu, logvar = module.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * module.score_noise[0]
+        loc = module.decode(z)
+        variance = module.likelihood.logvar().exp()
+        expected = (
+            D.Normal(loc, variance.sqrt()).log_prob(x).sum(-1)
+            + D.Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - D.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+        )
+        torch.testing.assert_close(module.importance_weighted_elbo(x), expected)

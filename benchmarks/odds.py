@@ -1,0 +1,199 @@
+"""Detection quality on the 20 ODDS datasets, anomvae against its peers.
+
+Protocol (ADBench's unsupervised setting): for each dataset and seed, a
+stratified 70/30 train/test split; every detector is fitted on the training
+part without labels (anomalies included) and scores the test part; ROC-AUC
+and average precision are computed against the test labels. Train and test
+parts are capped at 20,000 rows by stratified subsampling. Peers measured in
+the same run: scikit-learn's IsolationForest, and PyOD's VAE, AutoEncoder
+and ECOD when pyod is installed (``pip install -e '.[bench]'``), all with
+their default parameters.
+
+    python benchmarks/odds.py                      # full run, writes docs/benchmarks.md
+    python benchmarks/odds.py --quick              # smoke run on a tiny subset
+    python benchmarks/odds.py --models anomvae --params '{"n_score_samples": 32}' --no-docs
+
+Results: a CSV of raw rows (``--csv``, default benchmarks/results/odds.csv)
+and, unless ``--no-docs``, the summary table between the markers in
+docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "odds"
+CAP = 20_000
+MARK_BEGIN, MARK_END = "<!-- odds-table:begin -->", "<!-- odds-table:end -->"
+
+
+def cap_rows(X, y, cap, seed):
+    """Stratified subsample of at most ``cap`` rows."""
+    if len(X) <= cap:
+        return X, y
+    X, _, y, _ = train_test_split(X, y, train_size=cap, stratify=y, random_state=seed)
+    return X, y
+
+
+def split(X, y, seed, cap=CAP):
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=seed)
+    X_train, y_train = cap_rows(X_train, y_train, cap, seed)
+    X_test, y_test = cap_rows(X_test, y_test, cap, seed)
+    return X_train, X_test, y_train, y_test
+
+
+def make_detector(name, seed, params):
+    """A fresh detector and a function turning it into anomaly scores."""
+    if name == "anomvae":
+        from anomvae import VAEAnomalyDetector
+
+        det = VAEAnomalyDetector(random_state=seed, **params)
+        return det, lambda d, X: -d.score_samples(X)
+    if name == "iforest":
+        from sklearn.ensemble import IsolationForest
+
+        return IsolationForest(random_state=seed), lambda d, X: -d.score_samples(X)
+    if name in ("pyod_vae", "pyod_ae"):
+        from pyod.models.auto_encoder import AutoEncoder
+        from pyod.models.vae import VAE
+
+        cls = VAE if name == "pyod_vae" else AutoEncoder
+        return cls(random_state=seed, verbose=0, device="cpu"), lambda d, X: d.decision_function(X)
+    if name == "ecod":
+        from pyod.models.ecod import ECOD
+
+        return ECOD(), lambda d, X: d.decision_function(X)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def available_models():
+    models = ["anomvae", "iforest"]
+    try:
+        import pyod  # noqa: F401
+    except ImportError:
+        print("pyod is not installed: PyOD peers are skipped (pip install -e '.[bench]')", file=sys.stderr)
+    else:
+        models += ["pyod_vae", "pyod_ae", "ecod"]
+    return models
+
+
+def run_one(path, seed, model, params, quick):
+    data = np.load(path)
+    X, y = data["X"].astype(np.float64), data["y"].astype(int)
+    X_train, X_test, y_train, y_test = split(X, y, seed, cap=400 if quick else CAP)
+    detector, scorer = make_detector(model, seed, params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        detector.fit(X_train)
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = scorer(detector, X_test)
+        score_s = time.perf_counter() - start
+    extra = {}
+    if model == "anomvae":
+        extra = {"epochs": detector.n_epochs_}
+    return {
+        "dataset": path.stem, "seed": seed, "model": model, "n_train": len(X_train), "n_features": X.shape[1],
+        "roc_auc": roc_auc_score(y_test, scores), "ap": average_precision_score(y_test, scores),
+        "fit_s": fit_s, "score_s": score_s, **extra,
+    }
+
+
+def summarize(results):
+    """Per-dataset mean ROC-AUC per model, plus mean ROC-AUC, AP, rank and seconds."""
+    per = results.groupby(["dataset", "model"])[["roc_auc", "ap", "fit_s", "score_s"]].mean()
+    auc = per["roc_auc"].unstack("model")
+    ranks = auc.rank(axis=1, ascending=False)
+    models = list(auc.columns)
+    totals = results.groupby(["model", "seed"])[["fit_s", "score_s"]].sum().groupby("model").mean()
+    lines = ["| dataset | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for dataset, row in auc.iterrows():
+        best = row.max()
+        cells = [f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in row]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    mean_ap = per["ap"].unstack("model").mean()
+    lines.append("| **mean ROC-AUC** | " + " | ".join(f"{auc[m].mean():.3f}" for m in models) + " |")
+    lines.append("| mean AP | " + " | ".join(f"{mean_ap[m]:.3f}" for m in models) + " |")
+    lines.append("| mean rank | " + " | ".join(f"{ranks[m].mean():.2f}" for m in models) + " |")
+    lines.append("| fit s (all datasets, one seed) | " + " | ".join(f"{totals.loc[m, 'fit_s']:.1f}" for m in models) + " |")
+    lines.append("| score s (all datasets, one seed) | " + " | ".join(f"{totals.loc[m, 'score_s']:.2f}" for m in models) + " |")
+    return "\n".join(lines)
+
+
+def write_docs(table, args, n_datasets):
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    head = (
+        f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores, "
+        f"{n_datasets} datasets x {args.seeds} seeds, by `python benchmarks/odds.py`. "
+        "Cells: ROC-AUC on the test part, mean over seeds; bold = best on that dataset.\n\n"
+    )
+    begin, end = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
+    doc.write_text(text[:begin] + "\n" + head + table + "\n" + text[end:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of ODDS .npz files")
+    parser.add_argument("--datasets", nargs="*", help="dataset names (default: all)")
+    parser.add_argument("--models", nargs="*", help="models to run (default: all available)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--params", default="{}", help="JSON of VAEAnomalyDetector parameters")
+    parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (timings are then not comparable)")
+    parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "odds.csv")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    paths = sorted(args.data.glob("*.npz"))
+    if args.datasets:
+        paths = [p for p in paths if p.stem in args.datasets]
+    if not paths:
+        parser.error(f"no datasets found in {args.data}")
+    models = args.models or available_models()
+    params = json.loads(args.params)
+    if args.quick:
+        params = {"max_epochs": 3, **params}
+    tasks = [(p, s, m) for p in paths for s in range(args.seeds) for m in models]
+    if args.jobs > 1:
+        from joblib import Parallel, delayed
+
+        def job(*task):
+            import torch
+
+            torch.set_num_threads(1)
+            return run_one(*task, params, args.quick)
+
+        rows = Parallel(n_jobs=args.jobs)(delayed(job)(*t) for t in tasks)
+    else:
+        rows = []
+        for task in tasks:
+            rows.append(run_one(*task, params, args.quick))
+            r = rows[-1]
+            print(f"{r['dataset']:12s} seed {r['seed']} {r['model']:9s} ROC-AUC {r['roc_auc']:.3f} "
+                  f"AP {r['ap']:.3f} fit {r['fit_s']:.1f}s", file=sys.stderr)
+    results = pd.DataFrame(rows)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    results.to_csv(args.csv, index=False)
+    table = summarize(results)
+    print(table)
+    if not args.no_docs:
+        write_docs(table, args, len(paths))
+    return results
+
+
+if __name__ == "__main__":
+    main()

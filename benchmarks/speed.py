@@ -1,0 +1,228 @@
+"""Speed and memory of anomvae, measured beside peers in the same run.
+
+1. Training time per epoch and scoring throughput against PyOD's VAE on the
+   same synthetic data, same architecture, same epochs (needs pyod:
+   ``pip install -e '.[bench]'``).
+2. In-memory scoring throughput against a simple bound: the network's
+   floating-point operations per row divided by the machine's measured
+   float32 matrix-multiply rate.
+3. ``anomvae score`` on a generated CSV against ``pandas.read_csv`` of the
+   same file, each as a fresh process: wall time and peak resident memory.
+
+    python benchmarks/speed.py            # full run (100k x 32; 1M-row CSV), updates docs/benchmarks.md
+    python benchmarks/speed.py --quick    # smoke run on tiny sizes, no docs
+
+Each timing is the median of ``--repeats`` runs.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- speed-table:begin -->", "<!-- speed-table:end -->"
+ARCH = {"hidden": (128, 64, 32), "latent": 2, "batch_size": 32}  # PyOD VAE's defaults
+
+
+def synthetic(n_rows, n_features, seed=0):
+    rng = np.random.RandomState(seed)
+    basis = rng.normal(size=(4, n_features))
+    return (rng.normal(size=(n_rows, 4)) @ basis + 0.3 * rng.normal(size=(n_rows, n_features))).astype(np.float64)
+
+
+def median_time(function, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def anomvae_detector(epochs, **extra):
+    from anomvae import VAEAnomalyDetector
+
+    return VAEAnomalyDetector(
+        hidden_dims=ARCH["hidden"], latent_dim=ARCH["latent"], batch_size=ARCH["batch_size"],
+        max_epochs=epochs, n_iter_no_change=None, validation_fraction=0.0, kl_warmup=0, random_state=0, **extra,
+    )
+
+
+def pyod_detector(epochs):
+    from pyod.models.vae import VAE
+
+    return VAE(
+        encoder_neuron_list=list(ARCH["hidden"]), decoder_neuron_list=list(ARCH["hidden"][::-1]),
+        latent_dim=ARCH["latent"], batch_size=ARCH["batch_size"], epoch_num=epochs, verbose=0,
+        device="cpu", random_state=0,
+    )
+
+
+def against_pyod(X, epochs, repeats):
+    """Seconds per training epoch and scoring rows/s, anomvae and PyOD's VAE."""
+    rows = {}
+    try:
+        import pyod  # noqa: F401
+    except ImportError:
+        print("pyod is not installed: skipping the PyOD comparison", file=sys.stderr)
+        makers = {"anomvae": anomvae_detector}
+    else:
+        makers = {"anomvae": anomvae_detector, "pyod_vae": pyod_detector}
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_s = median_time(lambda: make(epochs).fit(X), repeats)
+            detector = make(epochs).fit(X)
+            score = detector.score_samples if name == "anomvae" else detector.decision_function
+            score_s = median_time(lambda: score(X), repeats)
+        rows[name] = {"epoch_s": fit_s / epochs, "rows_per_s": len(X) / score_s}
+    return rows
+
+
+def matmul_gflops(repeats, size=1024):
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    seconds = median_time(lambda: torch.mm(a, b), max(repeats, 5))
+    return 2 * size**3 / seconds / 1e9
+
+
+def network_flops_per_row(detector):
+    """Multiply-adds x 2 of one row's scoring pass: the encoder once, the
+    decoder once per fixed latent draw."""
+    import torch
+
+    def linear_flops(module):
+        return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+    module = detector.module_
+    return linear_flops(module.encoder) + module.score_noise.shape[0] * linear_flops(module.decoder)
+
+
+def peak_run(command):
+    """Wall seconds and peak RSS (MB) of ``command`` run as a child process."""
+    probe = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+        "w = time.perf_counter() - t\n"
+        "print(r.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True)
+    code, wall, rss = out.stdout.split()
+    if int(code) not in (0, 1):
+        raise RuntimeError(f"{command} exited {code}")
+    return float(wall), float(rss)
+
+
+def cli_against_read_csv(n_rows, n_features, repeats, workdir):
+    import pandas as pd
+
+    columns = [f"x{i}" for i in range(n_features)]
+    data = Path(workdir) / "big.csv"
+    pd.DataFrame(synthetic(n_rows, n_features, seed=1).round(5), columns=columns).to_csv(data, index=False)
+    train = Path(workdir) / "train.csv"
+    pd.DataFrame(synthetic(20_000, n_features, seed=2), columns=columns).to_csv(train, index=False)
+    model = Path(workdir) / "model.anomvae"
+    script = str(Path(sys.executable).with_name("anomvae"))
+    subprocess.run([script, "fit", str(train), "-o", str(model), "--max-epochs", "5", "--random-state", "0", "-q"],
+                   check=True)
+    score = [script, "score", str(model), str(data), "-o", str(Path(workdir) / "out.csv"), "-q"]
+    read = [sys.executable, "-c", f"import pandas; pandas.read_csv({str(data)!r})"]
+    results = {}
+    for name, command in (("read_csv", read), ("anomvae score", score)):
+        runs = [peak_run(command) for _ in range(repeats)]
+        results[name] = {"wall_s": statistics.median(r[0] for r in runs), "rss_mb": max(r[1] for r in runs)}
+    results["file_mb"] = data.stat().st_size / 1e6
+    return results
+
+
+def report(args, pyod_rows, bound, cli):
+    lines = [
+        f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores by "
+        f"`python benchmarks/speed.py`; medians of {args.repeats} runs.",
+        "",
+        f"**Against PyOD's VAE** ({args.rows:,} x {args.features} synthetic rows; both with encoder "
+        f"{'-'.join(map(str, ARCH['hidden']))}, latent 2, batch 32, {args.epochs} epochs, on the CPU):",
+        "",
+        "| | anomvae | PyOD VAE | ratio |",
+        "|---|---|---|---|",
+    ]
+    a, p = pyod_rows["anomvae"], pyod_rows.get("pyod_vae")
+    if p:
+        lines.append(f"| seconds per training epoch | {a['epoch_s']:.2f} | {p['epoch_s']:.2f} | "
+                     f"{p['epoch_s'] / a['epoch_s']:.1f}x faster |")
+        lines.append(f"| scoring rows/s | {a['rows_per_s']:,.0f} | {p['rows_per_s']:,.0f} | "
+                     f"{a['rows_per_s'] / p['rows_per_s']:.1f}x faster |")
+    else:
+        lines.append(f"| seconds per training epoch | {a['epoch_s']:.2f} | (pyod missing) | |")
+        lines.append(f"| scoring rows/s | {a['rows_per_s']:,.0f} | (pyod missing) | |")
+    lines += [
+        "",
+        f"**Scoring against the machine's bound** (default detector, {args.features} features): "
+        f"{bound['flops_per_row']:,} FLOPs per row; float32 matmul at {bound['gflops']:.0f} GFLOP/s "
+        f"bounds scoring at {bound['bound_rows_per_s']:,.0f} rows/s; measured {bound['rows_per_s']:,.0f} rows/s "
+        f"({100 * bound['rows_per_s'] / bound['bound_rows_per_s']:.0f}% of the bound).",
+        "",
+        f"**The command line** on a {cli['file_mb']:.0f} MB CSV ({args.csv_rows:,} rows x 20 columns), each a fresh process:",
+        "",
+        "| | wall s | peak RSS MB |",
+        "|---|---|---|",
+        f"| `pandas.read_csv` of the file | {cli['read_csv']['wall_s']:.2f} | {cli['read_csv']['rss_mb']:.0f} |",
+        f"| `anomvae score` (read, score, write) | {cli['anomvae score']['wall_s']:.2f} | "
+        f"{cli['anomvae score']['rss_mb']:.0f} |",
+        f"| ratio | {cli['anomvae score']['wall_s'] / cli['read_csv']['wall_s']:.2f}x | |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--csv-rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test; no docs")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.epochs, args.csv_rows, args.repeats, args.no_docs = 2_000, 1, 5_000, 1, True
+
+    X = synthetic(args.rows, args.features)
+    anomvae_detector(1).fit(X[:500])  # torch's first call pays one-off set-up costs
+    pyod_rows = against_pyod(X, args.epochs, args.repeats)
+    from anomvae import VAEAnomalyDetector
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = VAEAnomalyDetector(max_epochs=2, random_state=0).fit(X[:5_000])
+    rows_per_s = len(X) / median_time(lambda: default.score_samples(X), args.repeats)
+    flops = network_flops_per_row(default)
+    gflops = matmul_gflops(args.repeats)
+    bound = {"flops_per_row": flops, "gflops": gflops, "bound_rows_per_s": gflops * 1e9 / flops,
+             "rows_per_s": rows_per_s}
+    with tempfile.TemporaryDirectory() as workdir:
+        cli = cli_against_read_csv(args.csv_rows, 20, args.repeats, workdir)
+    text = report(args, pyod_rows, bound, cli)
+    print(text)
+    if not args.no_docs:
+        doc = ROOT / "docs" / "benchmarks.md"
+        content = doc.read_text()
+        begin, end = content.index(MARK_BEGIN) + len(MARK_BEGIN), content.index(MARK_END)
+        doc.write_text(content[:begin] + "\n" + text + "\n" + content[end:])
+    return pyod_rows, bound, cli
+
+
+if __name__ == "__main__":
+    main()

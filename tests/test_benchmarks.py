@@ -1,0 +1,43 @@
+"""Smoke tests: each benchmark script runs end to end on a tiny subset."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import odds  # noqa: E402
+import speed  # noqa: E402
+
+
+@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+def test_odds_benchmark_runs(tmp_path):
+    results = odds.main([
+        "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--models", "anomvae", "iforest",
+        "--csv", str(tmp_path / "odds.csv"), "--no-docs",
+    ])
+    assert set(results["model"]) == {"anomvae", "iforest"} and len(results) == 4
+    assert results["roc_auc"].between(0, 1).all()
+    assert pd.read_csv(tmp_path / "odds.csv").shape[0] == 4
+    table = odds.summarize(results)
+    assert "mean ROC-AUC" in table and "mean rank" in table
+
+
+def test_odds_split_follows_the_protocol():
+    import numpy as np
+
+    X = np.arange(2000.0).reshape(1000, 2)
+    y = (np.arange(1000) % 10 == 0).astype(int)
+    X_train, X_test, y_train, y_test = odds.split(X, y, seed=0, cap=200)
+    assert len(X_train) == 200 and len(X_test) == 200  # capped
+    assert y_train.mean() == pytest.approx(0.1, abs=0.01) and y_test.mean() == pytest.approx(0.1, abs=0.01)
+    assert not set(map(tuple, X_train)) & set(map(tuple, X_test))
+
+
+def test_speed_benchmark_runs():
+    pyod_rows, bound, cli = speed.main(["--quick"])
+    assert pyod_rows["anomvae"]["rows_per_s"] > 0 and bound["bound_rows_per_s"] > 0
+    assert cli["anomvae score"]["wall_s"] > 0 and cli["read_csv"]["rss_mb"] > 0
