@@ -82,7 +82,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         Number of epochs over which the KL weight rises linearly from
         ``beta / kl_warmup`` to ``beta``, which keeps the posterior from
         collapsing onto the prior early in training. 0 disables the ramp.
-    max_epochs : int, default=200
+    max_epochs : int, default=400
         Maximum number of passes over the training data.
     batch_size : int, default=128
         Rows per optimisation step. Data with fewer rows form one batch.
@@ -93,7 +93,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     validation_fraction : float, default=0.1
         Fraction of ``X`` held out to monitor early stopping. When it holds
         no row, the training loss is monitored instead.
-    n_iter_no_change : int or None, default=10
+    n_iter_no_change : int or None, default=20
         Training stops once the monitored negative ELBO has not improved by
         more than ``tol`` for this many epochs after the warm-up, and the
         weights of the epoch with the lowest monitored loss are restored. ``None`` trains for
@@ -224,12 +224,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         likelihood="gaussian",
         beta=1.0,
         kl_warmup=10,
-        max_epochs=200,
+        max_epochs=400,
         batch_size=128,
         lr=1e-3,
         weight_decay=0.0,
         validation_fraction=0.1,
-        n_iter_no_change=10,
+        n_iter_no_change=20,
         tol=1e-3,
         n_score_samples=16,
         contamination="auto",
