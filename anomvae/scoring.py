@@ -129,13 +129,13 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
     return summary
 
 
-def heatmap_image(pixels, contributions, image_shape, *, min_side=256):
+def heatmap_image(pixels, contributions, image_shape, *, min_side=256, vmax=None):
     """A picture of where an image's anomaly score comes from.
 
     The image, enlarged (nearest neighbour) so its shorter side is at least
     ``min_side`` pixels, under a red overlay whose opacity grows with each
     pixel's contribution to the score (summed over channels; contributions
-    at or below zero are transparent, the largest is 70% opaque).
+    at or below zero are transparent, ``vmax`` and above 70% opaque).
 
     Parameters
     ----------
@@ -144,6 +144,12 @@ def heatmap_image(pixels, contributions, image_shape, *, min_side=256):
     contributions : ndarray of shape (C * H * W,)
         One row of :meth:`VAEAnomalyDetector.feature_contributions`.
     image_shape : (int, int, int)
+    min_side : int, default=256
+    vmax : float, default=None
+        Contribution (in nats) drawn at full opacity; ``None`` uses the
+        image's own largest, which shows where in an image its score comes
+        from but not how large it is. Pass one value for several images to
+        compare them.
 
     Returns
     -------
@@ -155,7 +161,8 @@ def heatmap_image(pixels, contributions, image_shape, *, min_side=256):
     base = np.asarray(pixels, dtype=np.float64).reshape(image_shape)
     base = np.repeat(base, 3, axis=0) if channels == 1 else base
     heat = np.asarray(contributions, dtype=np.float64).reshape(image_shape).sum(axis=0).clip(min=0.0)
-    alpha = 0.7 * heat / heat.max() if heat.max() > 0 else np.zeros_like(heat)
+    vmax = heat.max() if vmax is None else float(vmax)
+    alpha = 0.7 * np.clip(heat / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(heat)
     red = np.array([1.0, 0.0, 0.0])[:, None, None]
     blended = (1.0 - alpha) * base + alpha * red
     picture = Image.fromarray((blended.transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8), mode="RGB")
