@@ -71,7 +71,12 @@ def _resolve_image_shape(image_shape, n_features):
     return tuple(int(v) for v in shape)
 
 
-def _auto_latent_dim(n_features):
+def _auto_latent_dim(n_features, image_shape=None):
+    if image_shape is not None:
+        # Neighbouring pixels are strongly correlated, so images need fewer
+        # latent dimensions per pixel than tables per feature: half the
+        # square root of the pixels per channel (4 for 8x8, 16 for 32x32).
+        return int(min(32, max(2, math.ceil(math.sqrt(image_shape[1] * image_shape[2]) / 2))))
     return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
 
 
@@ -87,7 +92,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ----------
     latent_dim : int or "auto", default="auto"
         Size of the latent code. ``"auto"`` uses ``ceil(sqrt(n_features))``,
-        clipped to [2, 32].
+        clipped to [2, 32]; with ``architecture="conv"``,
+        ``ceil(sqrt(height * width) / 2)``, clipped to [2, 32].
     hidden_dims : tuple of int, default=(64, 32)
         Widths of the encoder's hidden layers; the decoder mirrors them.
         With ``architecture="conv"``, the dense layers between the
@@ -343,7 +349,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.center_ = np.zeros(n_features)
             self.scale_ = np.ones(n_features)
 
-        self.latent_dim_ = _auto_latent_dim(n_features) if self.latent_dim == "auto" else int(self.latent_dim)
+        self.latent_dim_ = (
+            _auto_latent_dim(n_features, self.image_shape_) if self.latent_dim == "auto" else int(self.latent_dim)
+        )
         self._module_config = {
             "architecture": self.architecture,
             "n_features": int(n_features),

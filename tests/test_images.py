@@ -62,6 +62,7 @@ def test_conv_model_separates_another_digit(conv_model, test_images):
     labels = np.r_[np.zeros(len(test_images) - 40), np.ones(40)]
     assert roc_auc_score(labels, -conv_model.score_samples(test_images)) > 0.9
     assert conv_model.image_shape_ == (1, 8, 8)
+    assert conv_model.latent_dim_ == 4  # auto for images: ceil(sqrt(8 * 8) / 2)
 
 
 @settings(max_examples=15, deadline=None)
