@@ -75,9 +75,12 @@ class _Names(click.ParamType):
 # help). The defaults repeat the estimator's so that --help shows them
 # without importing torch; a test keeps the two in step.
 ESTIMATOR_OPTIONS = [
-    ("latent_dim", _AutoOr(int, {"auto": "auto"}), "auto", "Latent size; auto = ceil(sqrt(n_features)) in [2, 32]."),
+    ("latent_dim", _AutoOr(int, {"auto": "auto"}), "auto", "Latent size; auto = ceil(sqrt(n_features)) in [2, 32] (conv: ceil(sqrt(H*W)/2))."),
     ("hidden_dims", _IntTuple(), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
-    ("likelihood", click.Choice(["gaussian", "bernoulli"]), "gaussian", "Observation model p(x|z)."),
+    ("likelihood", click.Choice(["gaussian", "bernoulli", "continuous_bernoulli"]), "gaussian",
+     "Observation model p(x|z) [image fits: bernoulli unless given]."),
+    ("architecture", click.Choice(["mlp", "conv"]), "mlp", "Network: dense (mlp) or convolutional "
+     "(conv) [image fits: conv unless given]."),
     ("beta", float, 1.0, "Weight of the KL term in training."),
     ("kl_warmup", int, 10, "Epochs over which the KL weight ramps up."),
     ("max_epochs", int, 400, "Maximum number of epochs."),
@@ -221,7 +224,40 @@ def main():
     """
 
 
-_DATA = click.Path(exists=True, dir_okay=False, allow_dash=True)
+class _Data(click.ParamType):
+    """A CSV file (``-`` for stdin), or images: a folder, a glob pattern, an
+    image file or a ``.npy``/``.npz`` array (see :func:`anomvae.data.is_image_source`)."""
+
+    name = "DATA"
+    _csv = click.Path(exists=True, dir_okay=False, allow_dash=True)
+
+    def convert(self, value, param, ctx):
+        from .data import is_image_source
+
+        if is_image_source(value):
+            return value
+        return self._csv.convert(value, param, ctx)
+
+
+class _ImageSize(click.ParamType):
+    name = "HxW|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = value.lower().split("x")
+        try:
+            size = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            self.fail(f"{value!r} is not HEIGHTxWIDTH (e.g. 28x28) or one side N", param, ctx)
+        return size
+
+
+_DATA = _Data()
+# What image fits use when --architecture or --likelihood is not given.
+IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
 
 
 @main.command()
@@ -235,16 +271,33 @@ _DATA = click.Path(exists=True, dir_okay=False, allow_dash=True)
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or leave them out "
               "(their lines are listed on stderr).")
+@click.option("--images", "force_images", is_flag=True, help="Read DATA as images even if its name "
+              "does not say so (folders, globs, image files and .npy/.npz are detected).")
+@click.option("--image-size", type=_ImageSize(), help="Resize images to HxW (or NxN) pixels "
+              "[default: the first image's size].")
+@click.option("--grayscale", is_flag=True, help="Read images as one grey channel [default: the first "
+              "image's mode].")
 @estimator_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
+@click.pass_context
 @_input_errors
-def fit(data, output, columns, exclude, id_column, delimiter, invalid_rows, quiet, **values):
-    """Train a model on the numeric columns of DATA (a CSV file, - for stdin)."""
+def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows, force_images, image_size,
+        grayscale, quiet, **values):
+    """Train a model on DATA: the numeric columns of a CSV file (- for stdin),
+    or images (a folder, a glob, image files, or a .npy/.npz array)."""
     from . import data as readers
 
     from .detector import VAEAnomalyDetector
 
-    detector = VAEAnomalyDetector(**_estimator_params(values))
+    params = _estimator_params(values)
+    if force_images or readers.is_image_source(data):
+        for param, default in IMAGE_DEFAULTS.items():
+            if ctx.get_parameter_source(param) == click.core.ParameterSource.DEFAULT:
+                params[param] = default
+        return _fit_images(VAEAnomalyDetector(**params), data, output, image_size, grayscale, quiet)
+    if image_size or grayscale:
+        raise click.UsageError(f"--image-size and --grayscale apply to images; {data} is read as CSV")
+    detector = VAEAnomalyDetector(**params)
     detector._validate_params()  # fail on a bad option before reading any data
     name = readers.display_name(data)
     frame = readers.read_csv(data, delimiter=delimiter, dtype={c: str for c in id_column})
@@ -266,23 +319,62 @@ def fit(data, output, columns, exclude, id_column, delimiter, invalid_rows, quie
 
     import pandas as pd
 
-    from .persistence import save
-
-    with warnings.catch_warnings(record=True) as caught, _progress(detector.max_epochs, quiet):
-        warnings.simplefilter("always")
-        detector.fit(pd.DataFrame(X, columns=features))
-    _report_warnings(caught, quiet)
     extra = {"id_columns": list(id_column), "training": {"file": name, "rows": int(len(X))}}
-    try:
-        save(detector, output, extra=extra)
-    except OSError as exc:
-        raise InputError(f"cannot write model to {output}: {exc.strerror or exc}") from None
+    _train_and_save(detector, pd.DataFrame(X, columns=features), output, extra, quiet)
     if not quiet:
         click.echo(
             f"{output}: trained on {len(X)} rows x {len(features)} features for {detector.n_epochs_} "
             f"epochs (best {detector.best_epoch_}); threshold {detector.threshold_:.4f} nats",
             err=True,
         )
+
+
+def _fit_images(detector, data, output, image_size, grayscale, quiet):
+    from . import data as readers
+
+    if detector.architecture == "conv" and detector.image_shape is not None:
+        raise click.UsageError("the image shape comes from --image-size and --grayscale")
+    detector._validate_params()
+    height, width, gray = readers.probe_images(data)
+    size = image_size or (height, width)
+    gray = gray or grayscale
+    paths, X = readers.read_images(data, size=size, grayscale=gray)
+    detector.set_params(image_shape=(1 if gray else 3, *size))
+    extra = {
+        "id_columns": [],
+        "input": "images",
+        "image_size": list(size),
+        "color": "grayscale" if gray else "rgb",
+        "training": {"file": str(data), "rows": len(paths)},
+    }
+    _train_and_save(detector, X, output, extra, quiet)
+    if not quiet:
+        click.echo(
+            f"{output}: trained on {len(paths)} images of {size[0]}x{size[1]} "
+            f"{'grey' if gray else 'RGB'} pixels for {detector.n_epochs_} epochs (best {detector.best_epoch_}); "
+            f"threshold {detector.threshold_:.4f} nats",
+            err=True,
+        )
+
+
+def _train_and_save(detector, X, output, extra, quiet):
+    from .persistence import save
+
+    with warnings.catch_warnings(record=True) as caught, _progress(detector.max_epochs, quiet):
+        warnings.simplefilter("always")
+        detector.fit(X)
+    _report_warnings(caught, quiet)
+    try:
+        save(detector, output, extra=extra)
+    except OSError as exc:
+        raise InputError(f"cannot write model to {output}: {exc.strerror or exc}") from None
+
+
+def read_model_kind(path):
+    """``"images"`` for a model trained on images, else ``"csv"`` (no torch)."""
+    from .persistence import read_metadata
+
+    return read_metadata(path).get("extra", {}).get("input", "csv")
 
 
 def _load_model(path):
@@ -303,39 +395,56 @@ def _load_model(path):
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any row is flagged.")
 @click.option("--id-column", multiple=True, help="Row identifier column(s) to copy to the output "
               "[default: those given at fit; else a 'row' number].")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Rows read and scored at a time; bounds memory.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, show_default="10000 rows, 256 images",
+              help="Rows or images read and scored at a time; bounds memory.")
 @click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
 @click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or write them "
               "unscored with a 'status' column saying why.")
+@click.option("--heatmaps", type=click.Path(file_okay=False), help="Image models: write per image a PNG "
+              "of where its anomaly score comes from into this folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @_input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
-          chunk_size, delimiter, invalid_rows, quiet):
-    """Score every row of DATA (a CSV file, - for stdin) with MODEL.
+          chunk_size, delimiter, invalid_rows, heatmaps, quiet):
+    """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
+    image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
-    Writes the id columns (or the 1-based 'row' number), 'anomaly_score' (the
-    negative ELBO, in nats) and 'is_anomaly' for each row. Columns are matched
-    by name: order does not matter and extra columns are ignored.
+    Writes the id columns (or the 1-based 'row' number; for images the
+    'path'), 'anomaly_score' (the negative ELBO, in nats) and 'is_anomaly'
+    for each row. CSV columns are matched by name: order does not matter and
+    extra columns are ignored. Images are resized to the model's size.
     """
     from . import data as readers
-    from .scoring import score_csv
+    from .scoring import score_csv, score_images
 
+    image_model = read_model_kind(model) == "images"
+    if image_model != readers.is_image_source(data):
+        kind = "images" if image_model else "CSV data"
+        raise InputError(f"{model} is a model of {kind}, but {readers.display_name(data)} is "
+                         f"{'a CSV file' if image_model else 'images'}")
+    if heatmaps and not image_model:
+        raise click.UsageError("--heatmaps applies to image models only")
     detector, metadata = _load_model(model)
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold
     with atomic_output(output) as stream:
-        summary = score_csv(
-            detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size,
-            delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
-        )
+        if image_model:
+            summary = score_images(
+                detector, data, stream, threshold=cut, fmt=fmt, batch_size=chunk_size or 256,
+                mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies, heatmaps=heatmaps,
+            )
+        else:
+            summary = score_csv(
+                detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size or 10_000,
+                delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
+            )
     if not quiet:
         unscored = f", {summary['rows_not_scored']} not scored" if summary["rows_not_scored"] else ""
         click.echo(
-            f"{readers.display_name(data)}: {summary['rows']} rows, {summary['anomalies']} anomalies"
+            f"{readers.display_name(data)}: {summary['rows']} {'images' if image_model else 'rows'}, {summary['anomalies']} anomalies"
             f"{unscored} (threshold {cut:.4f} nats)",
             err=True,
         )

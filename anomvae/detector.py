@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .elbo import negative_elbo
-from .model import DEFAULT_MIN_VARIANCE, build_vae
+from .model import DEFAULT_MIN_VARIANCE, build_vae, conv_plan
 
 logger = logging.getLogger("anomvae")
 
@@ -51,7 +51,32 @@ def _random_state(random_state):
     return check_random_state(random_state)
 
 
-def _auto_latent_dim(n_features):
+def _resolve_image_shape(image_shape, n_features):
+    """``image_shape`` as a tuple of three positive ints holding ``n_features``
+    pixels; one entry may be -1, inferred as in ``numpy.reshape``."""
+    if image_shape is None:
+        raise ValueError("architecture='conv' needs image_shape=(channels, height, width)")
+    shape = tuple(image_shape)
+    if len(shape) != 3 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in shape):
+        raise ValueError(f"image_shape must be three integers (channels, height, width), got {image_shape!r}")
+    if shape.count(-1) == 1:
+        known = math.prod(v for v in shape if v != -1)
+        if known > 0 and n_features % known == 0:
+            shape = tuple(n_features // known if v == -1 else v for v in shape)
+    if not all(v >= 1 for v in shape) or math.prod(shape) != n_features:
+        raise ValueError(
+            f"image_shape={image_shape!r} does not match X: {n_features} features per row, but "
+            f"channels x height x width must equal the number of features"
+        )
+    return tuple(int(v) for v in shape)
+
+
+def _auto_latent_dim(n_features, image_shape=None):
+    if image_shape is not None:
+        # Neighbouring pixels are strongly correlated, so images need fewer
+        # latent dimensions per pixel than tables per feature: half the
+        # square root of the pixels per channel (4 for 8x8, 16 for 32x32).
+        return int(min(32, max(2, math.ceil(math.sqrt(image_shape[1] * image_shape[2]) / 2))))
     return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
 
 
@@ -67,14 +92,33 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ----------
     latent_dim : int or "auto", default="auto"
         Size of the latent code. ``"auto"`` uses ``ceil(sqrt(n_features))``,
-        clipped to [2, 32].
+        clipped to [2, 32]; with ``architecture="conv"``,
+        ``ceil(sqrt(height * width) / 2)``, clipped to [2, 32].
     hidden_dims : tuple of int, default=(64, 32)
         Widths of the encoder's hidden layers; the decoder mirrors them.
-    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        With ``architecture="conv"``, the dense layers between the
+        convolutional features and the latent code.
+    likelihood : {"gaussian", "bernoulli", "continuous_bernoulli"}, \
+            default="gaussian"
         Observation model p(x|z). ``"gaussian"``: the decoder gives each
         feature's mean and a per-feature variance is learned, with a floor of
         ``1e-3`` in standardised units so that the likelihood stays bounded.
         ``"bernoulli"``: the decoder gives logits; ``X`` must lie in [0, 1].
+        ``"continuous_bernoulli"``: the Bernoulli with its normalising
+        constant, a proper density on [0, 1] (suited to grey levels).
+    architecture : {"mlp", "conv"}, default="mlp"
+        ``"mlp"``: dense encoder and decoder. ``"conv"``: each row holds the
+        pixels of an image of shape ``image_shape`` (flattened row-major, as
+        ``images.reshape(n, -1)`` of an (n, C, H, W) array); the encoder has
+        stride-2 convolutions, each halving height and width until the larger
+        side is at most 4 pixels (32, 64, then 128 channels), followed by the
+        ``hidden_dims`` dense layers; the decoder mirrors it with transposed
+        convolutions and crops to the image size. No batch normalisation, so
+        a row's score never depends on its batch.
+    image_shape : tuple of 3 int, default=None
+        ``(channels, height, width)`` of the images, for
+        ``architecture="conv"``; one entry may be -1, inferred from the
+        number of features as in ``numpy.reshape``.
     beta : float, default=1.0
         Weight of the KL term in the training objective. Scores always use
         the true negative ELBO (weight 1).
@@ -140,6 +184,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         The trained VAE.
     latent_dim_ : int
         Latent size used (``latent_dim`` with ``"auto"`` resolved).
+    image_shape_ : tuple of 3 int or None
+        ``image_shape`` with any -1 resolved, for ``architecture="conv"``;
+        ``prod(image_shape_) == n_features_in_``.
     center_ : ndarray of shape (n_features_in_,)
         Per-feature value subtracted before the network sees ``X``.
     scale_ : ndarray of shape (n_features_in_,)
@@ -197,7 +244,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     _parameter_constraints = {
         "latent_dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "hidden_dims": [tuple, list],
-        "likelihood": [StrOptions({"gaussian", "bernoulli"})],
+        "likelihood": [StrOptions({"gaussian", "bernoulli", "continuous_bernoulli"})],
+        "architecture": [StrOptions({"mlp", "conv"})],
+        "image_shape": [tuple, list, None],
         "beta": [Interval(Real, 0, None, closed="left")],
         "kl_warmup": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -222,6 +271,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         latent_dim="auto",
         hidden_dims=(64, 32),
         likelihood="gaussian",
+        architecture="mlp",
+        image_shape=None,
         beta=1.0,
         kl_warmup=10,
         max_epochs=400,
@@ -242,6 +293,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
         self.likelihood = likelihood
+        self.architecture = architecture
+        self.image_shape = image_shape
         self.beta = beta
         self.kl_warmup = kl_warmup
         self.max_epochs = max_epochs
@@ -293,6 +346,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.device_ = _resolve_device(self.device)
         rng = _random_state(self.random_state)
         n_samples, n_features = X.shape
+        conv = self.architecture == "conv"
+        self.image_shape_ = _resolve_image_shape(self.image_shape, n_features) if conv else None
 
         standardize = self.likelihood == "gaussian" if self.standardize == "auto" else self.standardize
         if standardize:
@@ -303,9 +358,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.center_ = np.zeros(n_features)
             self.scale_ = np.ones(n_features)
 
-        self.latent_dim_ = _auto_latent_dim(n_features) if self.latent_dim == "auto" else int(self.latent_dim)
+        self.latent_dim_ = (
+            _auto_latent_dim(n_features, self.image_shape_) if self.latent_dim == "auto" else int(self.latent_dim)
+        )
         self._module_config = {
-            "architecture": "mlp",
+            "architecture": self.architecture,
             "n_features": int(n_features),
             "hidden_dims": [int(h) for h in hidden_dims],
             "latent_dim": self.latent_dim_,
@@ -313,6 +370,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             "min_variance": DEFAULT_MIN_VARIANCE,
             "n_score_samples": int(self.n_score_samples),
         }
+        if conv:
+            self._module_config["image_shape"] = list(self.image_shape_)
         seeds = rng.randint(np.iinfo(np.int32).max, size=3)
         # Weight initialisation draws from torch's global generator; fork it
         # so the caller's random stream is left exactly as it was.
@@ -430,10 +489,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     # -------------------------------------------------------------- helpers
 
     def _check_domain(self, X):
-        if self.likelihood == "bernoulli" and X.size and (X.min() < 0 or X.max() > 1):
+        if self.likelihood != "gaussian" and X.size and (X.min() < 0 or X.max() > 1):
             column = int(np.flatnonzero((X < 0).any(axis=0) | (X > 1).any(axis=0))[0])
             raise ValueError(
-                "likelihood='bernoulli' needs values in [0, 1]; "
+                f"likelihood={self.likelihood!r} needs values in [0, 1]; "
                 f"column {column} holds values in [{X[:, column].min():g}, {X[:, column].max():g}]"
             )
 
@@ -453,6 +512,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         does not depend on its neighbours.
         """
         widths = [X.shape[1], self.latent_dim_, *self._module_config["hidden_dims"]]
+        if self._module_config.get("image_shape"):
+            channels, sizes = conv_plan(self._module_config["image_shape"])
+            widths += [c * h * w for c, (h, w) in zip(channels, sizes)]
         step = self._chunk_rows(max(widths))
         device = self.module_.score_noise.device
         outputs = []
@@ -485,6 +547,48 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             return self._map_scaled(self.module_.importance_weighted_elbo, self._scale(X)) + log_jacobian
         reconstruction, kl = self._map_scaled(self.module_.score_terms, self._scale(X))
         return -(reconstruction + kl) + log_jacobian
+
+    def feature_contributions(self, X):
+        """Each feature's share of the anomaly score (the negative ELBO).
+
+        A feature's contribution is its term of the reconstruction negative
+        log-likelihood ``-log p(x_j|z)``, averaged over the same fixed latent
+        draws as :meth:`score_samples`, plus ``log(scale_[j])`` (the
+        change of units of standardisation), so that::
+
+            feature_contributions(X).sum(axis=1) + kl_divergence(X)
+                == -score_samples(X)
+
+        up to floating-point rounding. For an image model, reshape a row to
+        ``image_shape_`` to map where the anomaly lies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        contributions : ndarray of shape (n_samples, n_features), dtype float64
+            In nats; larger means the feature is less probable.
+        """
+        X = self._validate_input(X)
+        reconstruction, _ = self._map_scaled(self.module_.score_contributions, self._scale(X))
+        return reconstruction + np.log(self.scale_)
+
+    def kl_divergence(self, X):
+        """``KL(q(z|x) || N(0, I))`` of each row, in nats: the part of the
+        negative ELBO that :meth:`feature_contributions` leaves out.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        kl : ndarray of shape (n_samples,), dtype float64
+        """
+        X = self._validate_input(X)
+        return self._map_scaled(lambda x: self.module_.score_contributions(x)[1], self._scale(X))
 
     def score_samples(self, X):
         """ELBO of each row, in nats: higher means more normal.
@@ -637,6 +741,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             "offset_": float(self.offset_),
             "threshold_": float(self.threshold_),
             "latent_dim_": int(self.latent_dim_),
+            "image_shape_": None if self.image_shape_ is None else list(self.image_shape_),
             "history_": self.history_,
             "n_epochs_": int(self.n_epochs_),
             "best_epoch_": int(self.best_epoch_),
@@ -650,8 +755,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _from_fitted_state(cls, params, fitted, weights):
         """Rebuild a fitted detector from :meth:`_fitted_state`'s output."""
         params = dict(params)
-        if isinstance(params.get("hidden_dims"), list):
-            params["hidden_dims"] = tuple(params["hidden_dims"])
+        for name in ("hidden_dims", "image_shape"):
+            if isinstance(params.get(name), list):
+                params[name] = tuple(params[name])
         detector = cls(**params)
         fitted = dict(fitted)
         detector._module_config = fitted.pop("module_config")
@@ -660,6 +766,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             detector.feature_names_in_ = np.asarray(names, dtype=object)
         detector.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
         detector.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
+        # Model files written before image models existed have no image_shape_.
+        shape = fitted.pop("image_shape_", None)
+        detector.image_shape_ = None if shape is None else tuple(shape)
         for name, value in fitted.items():
             setattr(detector, name, value)
         detector.module_ = detector._restore_module(weights)

@@ -79,3 +79,41 @@ def importance_weighted_bound(log_weights):
     for w in log_weights:
         total = total + torch.exp(w - peak)
     return peak + torch.log(total) - math.log(len(log_weights))
+
+def continuous_bernoulli_log_norm(logits):
+    """Element-wise log-normaliser ``log C(lambda)`` of the continuous Bernoulli.
+
+    With ``lambda = sigmoid(logits)`` the density on [0, 1] is
+    ``C(lambda) * lambda**x * (1 - lambda)**(1 - x)``, where
+    ``C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)`` (2 at 1/2).  In
+    terms of the logit ``l`` this is ``l / tanh(l / 2)``, computed here as
+    ``log|l| - log(1 - exp(-|l|)) + log(1 + exp(-|l|))``, which is exact in
+    floating point away from 0; near 0 its Taylor series ``log 2 + l**2 / 12``
+    takes over, where the first form would divide 0 by 0.
+    """
+    magnitude = logits.abs()
+    small = magnitude < 1e-3
+    safe = torch.where(small, torch.ones_like(magnitude), magnitude)
+    exact = torch.log(safe) - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe))
+    series = math.log(2.0) + logits**2 / 12.0
+    return torch.where(small, series, exact)
+
+
+def continuous_bernoulli_log_prob(x, logits):
+    """Element-wise log density of the continuous Bernoulli for x in [0, 1].
+
+    The Bernoulli cross-entropy term plus :func:`continuous_bernoulli_log_norm`,
+    which makes it a proper density of grey levels (Loaiza-Ganem and
+    Cunningham, "The continuous Bernoulli", NeurIPS 2019).
+    """
+    return bernoulli_log_prob(x, logits) + continuous_bernoulli_log_norm(logits)
+
+
+def continuous_bernoulli_mean(logits):
+    """Mean ``lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda))``, i.e.
+    ``sigmoid(l) / (2 sigmoid(l) - 1) - 1 / l`` in logits; 1/2 + l/12 near 0."""
+    small = logits.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    p = torch.sigmoid(safe)
+    exact = p / (2.0 * p - 1.0) - 1.0 / safe
+    return torch.where(small, 0.5 + logits / 12.0, exact)

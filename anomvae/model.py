@@ -94,6 +94,100 @@ class BernoulliLikelihood(nn.Module):
         return torch.bernoulli(torch.sigmoid(loc), generator=generator)
 
 
+class ContinuousBernoulliLikelihood(nn.Module):
+    """Continuous Bernoulli p(x|z) with the decoder's output as logits: a
+    proper density of grey levels in [0, 1]."""
+
+    def log_prob(self, x, loc):
+        return elbo.continuous_bernoulli_log_prob(x, loc)
+
+    def mean(self, loc):
+        return elbo.continuous_bernoulli_mean(loc)
+
+    def sample(self, loc, generator=None):
+        # Inverse CDF: x = log(1 + u (e^l - 1)) / l, and x = u where l = 0.
+        u = torch.rand(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        logits = loc.clamp(-30.0, 30.0)
+        small = logits.abs() < 1e-3
+        safe = torch.where(small, torch.ones_like(logits), logits)
+        return torch.where(small, u, torch.log1p(u * torch.expm1(safe)) / safe).clamp(0.0, 1.0)
+
+
+def conv_plan(image_shape):
+    """Channel widths and feature-map sizes of the convolutional encoder.
+
+    Each stage halves height and width (rounding up) with a stride-2
+    convolution, until the larger side is at most 4 pixels (at least one
+    stage).  Widths start at 32 channels and double per stage up to 128, so
+    a 8x8 image gets stages of 32 and 64 channels, a 64x64 one four stages.
+
+    Returns
+    -------
+    channels : list of int
+    sizes : list of (int, int)
+        Height and width after each stage.
+    """
+    _, height, width = (int(v) for v in image_shape)
+    channels, sizes = [], []
+    while not sizes or max(sizes[-1]) > 4:
+        height, width = (height + 1) // 2, (width + 1) // 2
+        channels.append(min(128, 32 * 2 ** len(channels)))
+        sizes.append((height, width))
+        if (height, width) == (1, 1):
+            break
+    return channels, sizes
+
+
+class ConvEncoder(nn.Module):
+    """Strided convolutions, then dense layers, from flat pixel rows to the
+    mean and log-variance of q(z|x).  Rows are reshaped to ``image_shape``
+    inside, so the rest of the VAE sees flat rows as for tabular data."""
+
+    def __init__(self, image_shape, hidden_dims, latent_dim):
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        channels, sizes = conv_plan(self.image_shape)
+        layers, previous = [], self.image_shape[0]
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.SiLU()]
+            previous = width
+        self.conv = nn.Sequential(*layers)
+        n_conv = channels[-1] * sizes[-1][0] * sizes[-1][1]
+        self.dense = MLPEncoder(n_conv, hidden_dims, latent_dim)
+
+    def forward(self, x):
+        h = self.conv(x.reshape(-1, *self.image_shape))
+        return self.dense(h.flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """Dense layers, then stride-2 transposed convolutions mirroring
+    :class:`ConvEncoder`; each doubles the map, and the result is cropped to
+    the image size (odd sides round up on the way down) and flattened."""
+
+    def __init__(self, latent_dim, hidden_dims, image_shape):
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        channels, sizes = conv_plan(self.image_shape)
+        self.start = (channels[-1], *sizes[-1])
+        self.dense = nn.Sequential(
+            MLPDecoder(latent_dim, hidden_dims, channels[-1] * sizes[-1][0] * sizes[-1][1]), nn.SiLU()
+        )
+        layers = []
+        widths = channels[::-1]
+        for n_in, n_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(n_in, n_out, kernel_size=4, stride=2, padding=1), nn.SiLU()]
+        layers.append(nn.ConvTranspose2d(widths[-1], self.image_shape[0], kernel_size=4, stride=2, padding=1))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z):
+        lead = z.shape[:-1]
+        h = self.dense(z).reshape(-1, *self.start)
+        _, height, width = self.image_shape
+        out = self.deconv(h)[:, :, :height, :width]
+        return out.reshape(*lead, -1)
+
+
 class VAE(nn.Module):
     """Variational autoencoder: encoder, decoder and likelihood head.
 
@@ -156,6 +250,11 @@ class VAE(nn.Module):
         log_qz = (-0.5 * (elbo.LOG_2PI + logvar + eps**2)).sum(-1)
         return elbo.importance_weighted_bound((log_px + log_pz - log_qz).unbind(0))
 
+    def score_contributions(self, x):
+        """Per-feature reconstruction NLL and per-row KL, using ``score_noise``."""
+        reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))
+        return reconstruction_nll, kl.sum(-1)
+
     def score_terms(self, x):
         """Per-row reconstruction NLL and KL, using the fixed ``score_noise``."""
         reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))
@@ -165,24 +264,34 @@ class VAE(nn.Module):
 def build_vae(config):
     """Build an untrained :class:`VAE` from a configuration dictionary.
 
-    The keys are ``architecture`` (``"mlp"``), ``n_features``,
-    ``hidden_dims``, ``latent_dim``, ``likelihood`` (``"gaussian"`` or
-    ``"bernoulli"``), ``min_variance`` and ``n_score_samples``.  The same
+    The keys are ``architecture`` (``"mlp"`` or ``"conv"``), ``n_features``,
+    ``image_shape`` (``[C, H, W]``, for ``"conv"`` only), ``hidden_dims``,
+    ``latent_dim``, ``likelihood`` (``"gaussian"``, ``"bernoulli"`` or
+    ``"continuous_bernoulli"``), ``min_variance`` and ``n_score_samples``.  The same
     dictionary, stored with a fitted model, rebuilds the network so that its
     ``state_dict`` can be loaded into it.
     """
     architecture = config.get("architecture", "mlp")
-    if architecture != "mlp":
-        raise ValueError(f"unknown architecture {architecture!r}")
     n_features = int(config["n_features"])
     latent_dim = int(config["latent_dim"])
     hidden_dims = [int(h) for h in config["hidden_dims"]]
-    encoder = MLPEncoder(n_features, hidden_dims, latent_dim)
-    decoder = MLPDecoder(latent_dim, hidden_dims[::-1], n_features)
+    if architecture == "mlp":
+        encoder = MLPEncoder(n_features, hidden_dims, latent_dim)
+        decoder = MLPDecoder(latent_dim, hidden_dims[::-1], n_features)
+    elif architecture == "conv":
+        image_shape = [int(v) for v in config["image_shape"]]
+        if math.prod(image_shape) != n_features:
+            raise ValueError(f"image_shape {image_shape} does not hold {n_features} features")
+        encoder = ConvEncoder(image_shape, hidden_dims, latent_dim)
+        decoder = ConvDecoder(latent_dim, hidden_dims[::-1], image_shape)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}")
     if config["likelihood"] == "gaussian":
         likelihood = GaussianLikelihood(n_features, config.get("min_variance", DEFAULT_MIN_VARIANCE))
     elif config["likelihood"] == "bernoulli":
         likelihood = BernoulliLikelihood()
+    elif config["likelihood"] == "continuous_bernoulli":
+        likelihood = ContinuousBernoulliLikelihood()
     else:
         raise ValueError(f"unknown likelihood {config['likelihood']!r}")
     return VAE(encoder, decoder, likelihood, latent_dim, int(config.get("n_score_samples", 1)))

@@ -1,4 +1,4 @@
-"""Streaming scoring of CSV files: the work behind ``anomvae score``.
+"""Streaming scoring of CSV files and images: the work behind ``anomvae score``.
 
 Kept in the library so that Python users can score files the same way the
 command does: chunk by chunk, with bounded memory, every input row accounted
@@ -104,6 +104,42 @@ def prefetch(iterable, depth=2):
             except queue.Empty:
                 thread.join(0.05)
 
+def _emit(ids, scores, valid, reasons, stream, summary, *, fmt, header, mark_invalid, only_anomalies):
+    """Write one batch of results and add it to ``summary``.
+
+    ``ids`` maps output columns to per-row values; ``scores`` holds the
+    anomaly scores (NaN where ``valid`` is False); ``reasons`` says why, one
+    per row not scored, in order.
+    """
+    invalid = ~valid
+    flagged = valid & (scores > summary["threshold"])
+    out = pd.DataFrame(ids)
+    out["anomaly_score"] = scores
+    if fmt == "csv":
+        out["is_anomaly"] = np.where(invalid, "", np.where(flagged, "true", "false"))
+    else:
+        out["is_anomaly"] = pd.Series(flagged, dtype=object).where(valid, None).to_numpy()
+    if mark_invalid:
+        status = np.full(len(out), "scored", dtype=object)
+        status[invalid] = [f"not scored: {r}" for r in reasons]
+        out["status"] = status
+    if only_anomalies:
+        out = out[flagged | invalid]
+    _write(out, stream, fmt, header)
+
+    summary["rows"] += len(scores)
+    summary["rows_scored"] += int(valid.sum())
+    summary["rows_not_scored"] += int(invalid.sum())
+    summary["anomalies"] += int(flagged.sum())
+    if valid.any():
+        top = float(np.max(scores[valid]))
+        summary["max_score"] = top if summary["max_score"] is None else max(summary["max_score"], top)
+
+
+def _new_summary(threshold):
+    return {"rows": 0, "rows_scored": 0, "rows_not_scored": 0, "anomalies": 0,
+            "threshold": threshold, "max_score": None}
+
 
 def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
               delimiter=",", mark_invalid=False, only_anomalies=False):
@@ -143,8 +179,7 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
     id_columns = list(id_columns)
     threshold = detector.threshold_ if threshold is None else float(threshold)
     name = readers.display_name(path)
-    summary = {"rows": 0, "rows_scored": 0, "rows_not_scored": 0, "anomalies": 0,
-               "threshold": threshold, "max_score": None}
+    summary = _new_summary(threshold)
     header = True
     chunks = readers.iter_csv(
         path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
@@ -159,30 +194,116 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         valid = ~invalid
         if valid.any():
             scores[valid] = -detector.score_samples(pd.DataFrame(X[valid], columns=features))
-        flagged = valid & (scores > threshold)
-
-        out = pd.DataFrame({c: chunk[c].to_numpy() for c in id_columns} if id_columns else
-                           {"row": chunk.index.to_numpy() + 1})
-        out["anomaly_score"] = scores
-        if fmt == "csv":
-            out["is_anomaly"] = np.where(invalid, "", np.where(flagged, "true", "false"))
-        else:
-            out["is_anomaly"] = pd.Series(flagged, dtype=object).where(valid, None).to_numpy()
-        if mark_invalid:
-            status = np.full(len(X), "scored", dtype=object)
-            status[invalid] = [f"not scored: {r} (line {row + 2})" for r, row in zip(reasons, chunk.index[invalid])]
-            out["status"] = status
-        if only_anomalies:
-            out = out[flagged | invalid]
-        _write(out, stream, fmt, header)
+        ids = ({c: chunk[c].to_numpy() for c in id_columns} if id_columns else
+               {"row": chunk.index.to_numpy() + 1})
+        why = [f"{r} (line {row + 2})" for r, row in zip(reasons, chunk.index[invalid])]
+        _emit(ids, scores, valid, why, stream, summary, fmt=fmt, header=header, mark_invalid=mark_invalid,
+              only_anomalies=only_anomalies)
         header = False
+    stream.flush()
+    return summary
 
-        summary["rows"] += len(X)
-        summary["rows_scored"] += int(valid.sum())
-        summary["rows_not_scored"] += int(invalid.sum())
-        summary["anomalies"] += int(flagged.sum())
+
+def heatmap_image(pixels, contributions, image_shape, *, min_side=256, vmax=None):
+    """A picture of where an image's anomaly score comes from.
+
+    The image, enlarged (nearest neighbour) so its shorter side is at least
+    ``min_side`` pixels, under a red overlay whose opacity grows with each
+    pixel's contribution to the score (summed over channels; contributions
+    at or below zero are transparent, ``vmax`` and above 70% opaque).
+
+    Parameters
+    ----------
+    pixels : ndarray of shape (C * H * W,)
+        Values in [0, 1], channels first.
+    contributions : ndarray of shape (C * H * W,)
+        One row of :meth:`VAEAnomalyDetector.feature_contributions`.
+    image_shape : (int, int, int)
+    min_side : int, default=256
+    vmax : float, default=None
+        Contribution (in nats) drawn at full opacity; ``None`` uses the
+        image's own largest, which shows where in an image its score comes
+        from but not how large it is. Pass one value for several images to
+        compare them.
+
+    Returns
+    -------
+    image : PIL.Image.Image, RGB
+    """
+    from PIL import Image
+
+    channels, height, width = image_shape
+    base = np.asarray(pixels, dtype=np.float64).reshape(image_shape)
+    base = np.repeat(base, 3, axis=0) if channels == 1 else base
+    heat = np.asarray(contributions, dtype=np.float64).reshape(image_shape).sum(axis=0).clip(min=0.0)
+    vmax = heat.max() if vmax is None else float(vmax)
+    alpha = 0.7 * np.clip(heat / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(heat)
+    red = np.array([1.0, 0.0, 0.0])[:, None, None]
+    blended = (1.0 - alpha) * base + alpha * red
+    picture = Image.fromarray((blended.transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+    factor = max(1, -(-min_side // min(height, width)))
+    return picture.resize((width * factor, height * factor), Image.Resampling.NEAREST)
+
+
+def score_images(detector, source, stream, *, threshold=None, fmt="csv", batch_size=256, mark_invalid=False,
+                 only_anomalies=False, heatmaps=None):
+    """Score images batch by batch and write one result row per image.
+
+    Parameters
+    ----------
+    detector : VAEAnomalyDetector
+        Fitted with ``architecture="conv"``; its ``image_shape_`` sets the
+        size and colour mode images are read at (see
+        :func:`anomvae.data.iter_images`).
+    source : str or list of str
+        Folder, glob pattern, image file(s) or ``.npy``/``.npz`` array.
+    stream : text file object
+    threshold : float, default=None
+        Anomaly-score cut in nats; ``None`` uses ``detector.threshold_``.
+    fmt : {"csv", "jsonl"}, default="csv"
+    batch_size : int, default=256
+        Images read and scored at a time.
+    mark_invalid : bool, default=False
+        An unreadable or truncated image raises
+        :class:`~anomvae.data.DataError` naming it; with True it is written
+        with an empty score and a ``status`` column saying why.
+    only_anomalies : bool, default=False
+    heatmaps : str, default=None
+        Folder to write, per scored image, a PNG of its per-pixel
+        contributions over the image (:func:`heatmap_image`), named
+        ``NNNNNN_STEM.png`` after its position in the output and its name.
+
+    Returns
+    -------
+    summary : dict
+        As :func:`score_csv`'s, counting images as rows.
+    """
+    import os
+
+    shape = getattr(detector, "image_shape_", None)
+    if shape is None:
+        raise ValueError("this model was not trained on images; score a CSV file with it")
+    threshold = detector.threshold_ if threshold is None else float(threshold)
+    summary = _new_summary(threshold)
+    if heatmaps is not None:
+        os.makedirs(heatmaps, exist_ok=True)
+    header = True
+    batches = readers.iter_images(source, size=shape[1:], grayscale=shape[0] == 1, batch_size=batch_size,
+                                  skip_unreadable=mark_invalid)
+    for paths, pixels, problems in batches:
+        valid = np.array([p is None for p in problems])
+        scores = np.full(len(paths), np.nan)
         if valid.any():
-            top = float(np.max(scores[valid]))
-            summary["max_score"] = top if summary["max_score"] is None else max(summary["max_score"], top)
+            scores[valid] = -detector.score_samples(pixels[valid])
+        if heatmaps is not None and valid.any():
+            contributions = detector.feature_contributions(pixels[valid])
+            for row, i in enumerate(np.flatnonzero(valid)):
+                stem = os.path.splitext(os.path.basename(paths[i]))[0]
+                number = summary["rows"] + i + 1
+                picture = heatmap_image(pixels[i], contributions[row], shape)
+                picture.save(os.path.join(heatmaps, f"{number:06d}_{stem}.png"))
+        _emit({"path": paths}, scores, valid, [p for p in problems if p is not None], stream, summary, fmt=fmt,
+              header=header, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
+        header = False
     stream.flush()
     return summary

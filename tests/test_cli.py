@@ -104,7 +104,8 @@ def test_cli_defaults_are_the_estimators():
     for param, _, default, _ in cli.ESTIMATOR_OPTIONS:
         assert defaults[param] == default, param
     exposed = {param for param, *_ in cli.ESTIMATOR_OPTIONS}
-    assert exposed == set(defaults) - {"verbose"}
+    # image_shape comes from --image-size and --grayscale.
+    assert exposed == set(defaults) - {"verbose", "image_shape"}
 
 
 def test_fit_bad_parameter_value(tmp_path):

@@ -118,3 +118,29 @@ def test_importance_weighted_elbo_uses_the_right_densities(gen):
             - D.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
         )
         torch.testing.assert_close(module.importance_weighted_elbo(x), expected)
+
+@pytest.mark.parametrize("scale", [1e-5, 1e-2, 0.5, 3.0, 10.0])
+def test_continuous_bernoulli_matches_torch(scale):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(200, generator=generator, dtype=torch.float64) * scale)
+    x = torch.rand(200, generator=generator, dtype=torch.float64)
+    expected = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x)
+    assert torch.allclose(elbo.continuous_bernoulli_log_prob(x, logits), expected, rtol=1e-6, atol=1e-6)
+    mean = torch.distributions.ContinuousBernoulli(logits=logits).mean
+    assert torch.allclose(elbo.continuous_bernoulli_mean(logits), mean, rtol=1e-5, atol=1e-5)
+
+
+def test_continuous_bernoulli_normaliser_at_large_logits():
+    # torch clamps probabilities near 0 and 1 there; the closed form is l / tanh(l / 2).
+    logits = torch.tensor([-200.0, -60.0, 60.0, 200.0], dtype=torch.float64)
+    expected = torch.log(logits / torch.tanh(logits / 2))
+    assert torch.allclose(elbo.continuous_bernoulli_log_norm(logits), expected, rtol=1e-12)
+    assert torch.isfinite(elbo.continuous_bernoulli_log_norm(logits.float())).all()
+
+
+def test_continuous_bernoulli_is_a_density():
+    # Its integral over [0, 1] is 1 for any logit, unlike the cross-entropy's.
+    x = torch.linspace(0.0, 1.0, 20001, dtype=torch.float64)
+    for logit in (-8.0, -0.3, 0.0, 2.0):
+        density = torch.exp(elbo.continuous_bernoulli_log_prob(x, torch.full_like(x, logit)))
+        assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-6)

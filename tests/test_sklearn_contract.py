@@ -21,6 +21,9 @@ def _quiet_convergence():
     [
         VAEAnomalyDetector(max_epochs=5, batch_size=64, hidden_dims=(16,)),
         VAEAnomalyDetector(max_epochs=3, n_iter_no_change=None, validation_fraction=0.0, contamination=0.1),
+        # The checks feed 1 to 10 features, so the image is one row of pixels
+        # whose width is inferred (-1) from the data, as numpy.reshape does.
+        VAEAnomalyDetector(architecture="conv", image_shape=(1, 1, -1), max_epochs=3, hidden_dims=(8,)),
     ]
 )
 def test_sklearn_compatible_estimator(estimator, check):
