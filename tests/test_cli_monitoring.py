@@ -14,15 +14,15 @@ from sklearn.exceptions import ConvergenceWarning
 import anomvae
 from anomvae import cli
 from anomvae.persistence import read_metadata
+from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
-_BASIS = np.random.RandomState(321).normal(size=(2, len(FEATURES)))
 
 
 def draw(n, seed):
-    rng = np.random.RandomState(seed)
-    X = rng.normal(size=(n, 2)) @ _BASIS + 0.2 * rng.normal(size=(n, len(FEATURES)))
-    return pd.DataFrame(X, columns=FEATURES)
+    """Independent rows (one per seed) of one fixed distribution: a noisy 2-d subspace."""
+    return pd.DataFrame(make_low_rank(n, len(FEATURES), rank=2, noise=0.2, seed=seed, basis_seed=321),
+                        columns=FEATURES)
 
 
 def invoke(*args, input=None):

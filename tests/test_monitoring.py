@@ -15,16 +15,15 @@ import anomvae
 from anomvae import VAEAnomalyDetector
 from anomvae.detector import _subsample_sorted
 from anomvae.scoring import explain, score_csv, score_shift
+from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
-_BASIS = np.random.RandomState(123).normal(size=(2, len(FEATURES)))
 
 
 def draw(n, seed):
-    """Independent rows of one fixed distribution: a noisy 2-d subspace."""
-    rng = np.random.RandomState(seed)
-    X = rng.normal(size=(n, 2)) @ _BASIS + 0.2 * rng.normal(size=(n, len(FEATURES)))
-    return pd.DataFrame(X, columns=FEATURES)
+    """Independent rows (one per seed) of one fixed distribution: a noisy 2-d subspace."""
+    return pd.DataFrame(make_low_rank(n, len(FEATURES), rank=2, noise=0.2, seed=seed, basis_seed=123),
+                        columns=FEATURES)
 
 
 @pytest.fixture(scope="module")
