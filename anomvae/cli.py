@@ -403,18 +403,26 @@ def _load_model(path):
               "unscored with a 'status' column saying why.")
 @click.option("--heatmaps", type=click.Path(file_okay=False), help="Image models: write per image a PNG "
               "of where its anomaly score comes from into this folder.")
+@click.option("--explain", "explain_top", type=click.IntRange(min=0), default=0, metavar="K",
+              help="Add an 'explanation' of each flagged row: its K features that add most to "
+              "the anomaly score, with observed and reconstructed values.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Also write a JSON summary (counts, threshold, top anomalies, score shift) here.")
+@click.option("--summary-top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many of the highest-scoring rows --summary-json lists.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @_input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
-          chunk_size, delimiter, invalid_rows, heatmaps, quiet):
+          chunk_size, delimiter, invalid_rows, heatmaps, explain_top, summary_json, summary_top, quiet):
     """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
     image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
     Writes the id columns (or the 1-based 'row' number; for images the
-    'path'), 'anomaly_score' (the negative ELBO, in nats) and 'is_anomaly'
-    for each row. CSV columns are matched by name: order does not matter and
-    extra columns are ignored. Images are resized to the model's size.
+    'path'), 'anomaly_score' (the negative ELBO, in nats), 'p_value'
+    (calibrated tabular models only) and 'is_anomaly' for each row. CSV
+    columns are matched by name: order does not matter and extra columns are
+    ignored. Images are resized to the model's size.
     """
     from . import data as readers
     from .scoring import score_csv, score_images
@@ -426,6 +434,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                          f"{'a CSV file' if image_model else 'images'}")
     if heatmaps and not image_model:
         raise click.UsageError("--heatmaps applies to image models only")
+    if image_model and (explain_top or summary_json):
+        raise click.UsageError("--explain and --summary-json apply to tabular models only")
     detector, metadata = _load_model(model)
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
@@ -440,7 +450,20 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
             summary = score_csv(
                 detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size or 10_000,
                 delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
+                explain_top=explain_top, summary_top=summary_top,
             )
+    if summary_json:
+        with atomic_output(summary_json) as stream:
+            json.dump({"file": readers.display_name(data), "model": model, **summary}, stream, indent=2)
+            stream.write("\n")
+    shift = summary.get("score_shift")
+    if shift and shift["shifted"] and not quiet:
+        click.echo(
+            f"warning: the anomaly scores of {readers.display_name(data)} differ from the model's "
+            f"{shift['baseline']} scores (KS statistic {shift['ks_statistic']:.3f}, "
+            f"p-value {shift['ks_p_value']:.2g} < {shift['level']:g}): the data may have shifted",
+            err=True,
+        )
     if not quiet:
         unscored = f", {summary['rows_not_scored']} not scored" if summary["rows_not_scored"] else ""
         click.echo(
@@ -450,6 +473,47 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         )
     if fail_on_anomaly and summary["anomalies"]:
         ctx.exit(EXIT_ANOMALIES)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=_DATA)
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Target false-alarm rate on normal data.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the calibrated model here [default: replace MODEL].")
+@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Rows with empty, NaN or infinite values: fail naming them, or leave them out.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@_input_errors
+def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
+    """Set MODEL's threshold from DATA, rows known to be normal (- for stdin).
+
+    The new threshold flags a fraction FPR of such rows, and 'anomvae score'
+    adds a 'p_value' column. DATA should not be the training data.
+    """
+    from . import data as readers
+    from .persistence import save
+    from .scoring import read_reference_csv
+
+    detector, metadata = _load_model(model)
+    X, skipped = read_reference_csv(detector, data, delimiter=delimiter, skip_invalid=invalid_rows == "skip")
+    detector.calibrate(X, fpr=fpr)
+    output = output or model
+    try:
+        save(detector, output, extra=metadata.get("extra"))
+    except OSError as exc:
+        raise InputError(f"cannot write model to {output}: {exc.strerror or exc}") from None
+    if not quiet:
+        name = readers.display_name(data)
+        if skipped:
+            click.echo(f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values", err=True)
+        click.echo(
+            f"{output}: calibrated on {len(X)} rows of {name} for a false-alarm rate of {fpr:g}; "
+            f"threshold {detector.threshold_:.4f} nats",
+            err=True,
+        )
 
 
 @main.command()
@@ -472,6 +536,10 @@ def info(model, as_json):
         "features": fitted.get("feature_names_in_"),
         "id_columns": metadata.get("extra", {}).get("id_columns", []),
         "threshold": fitted.get("threshold_"),
+        "calibration": (
+            None if fitted.get("reference_scores_") is None else
+            {"fpr": fitted.get("calibration_fpr_"), "reference_rows": len(fitted["reference_scores_"])}
+        ),
         "latent_dim": fitted.get("latent_dim_"),
         "device": fitted.get("device_"),
         "params": metadata["params"],
@@ -494,6 +562,11 @@ def info(model, as_json):
         f"features:   {len(features)}: {', '.join(features)}",
         f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
         f"threshold:  {summary['threshold']:.6g} nats (negative ELBO)",
+        "calibrated: " + (
+            f"for a false-alarm rate of {summary['calibration']['fpr']:g} on "
+            f"{summary['calibration']['reference_rows']} reference rows"
+            if summary["calibration"] else "no (threshold from contamination)"
+        ),
         f"training:   {training.get('rows', '?')} rows from {training.get('file', '?')}; "
         f"{training['epochs']} epochs, best {training['best_epoch']}; "
         f"final train loss {training['final_train_loss']:.4f}, best validation loss {training['best_val_loss']:.4f}",

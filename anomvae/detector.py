@@ -9,7 +9,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -49,6 +49,34 @@ def _random_state(random_state):
     if random_state is None:
         return np.random.RandomState()
     return check_random_state(random_state)
+
+
+# Training anomaly scores kept with a fitted model, as the baseline that
+# batch-shift tests compare against; bounded so model files stay small.
+_MAX_STORED_TRAINING_SCORES = 2000
+
+
+def _subsample_sorted(values, max_size):
+    """``values`` sorted, thinned to at most ``max_size`` evenly spaced order
+    statistics (deterministic, so refitting gives the same subsample)."""
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    if values.size <= max_size:
+        return values
+    return values[np.linspace(0, values.size - 1, max_size).round().astype(np.intp)]
+
+
+def _n_exceedances(n_reference, fpr):
+    """Largest ``c`` with ``(1 + c) / (n_reference + 1) <= fpr``, or -1.
+
+    Computed with the same floating-point division that :meth:`p_values`
+    uses, so that ``p_value <= fpr`` and "flagged" agree exactly.
+    """
+    c = int(math.floor((n_reference + 1) * fpr)) - 1
+    while c + 1 <= n_reference and (c + 2) / (n_reference + 1) <= fpr:
+        c += 1
+    while c >= 0 and (c + 1) / (n_reference + 1) > fpr:
+        c -= 1
+    return min(c, n_reference)
 
 
 def _resolve_image_shape(image_shape, n_features):
@@ -197,6 +225,18 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     threshold_ : float
         The same cut in anomaly-score units: ``threshold_ == -offset_``; a row
         whose negative ELBO exceeds it is flagged.
+    training_scores_ : ndarray of shape (n_stored,)
+        Sorted anomaly scores (negative ELBO) of the training rows, thinned
+        to at most 2000 evenly spaced order statistics. The baseline against
+        which a batch's score distribution is tested for a shift when the
+        detector is not calibrated.
+    reference_scores_ : ndarray of shape (n_reference,) or None
+        Sorted anomaly scores of the reference rows given to
+        :meth:`calibrate`; ``None`` until it is called (and again after
+        ``fit``). :meth:`p_values` ranks rows against them.
+    calibration_fpr_ : float or None
+        The ``fpr`` of the last :meth:`calibrate`; ``None`` when the
+        threshold comes from ``contamination``.
     history_ : dict of list
         Per-epoch ``epoch``, ``beta``, ``train_loss`` (the weighted training
         objective), ``train_reconstruction``, ``train_kl``, and for the
@@ -388,6 +428,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
 
         scores = self._score_samples(X)
+        self.training_scores_ = _subsample_sorted(-scores, _MAX_STORED_TRAINING_SCORES)
+        # A new fit makes any earlier calibration meaningless.
+        self.reference_scores_ = None
+        self.calibration_fpr_ = None
         if self.contamination == "auto":
             q1, q3 = np.percentile(-scores, [25.0, 75.0])
             self.threshold_ = float(q3 + 1.5 * (q3 - q1))
@@ -569,7 +613,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         contributions : ndarray of shape (n_samples, n_features), dtype float64
-            In nats; larger means the feature is less probable.
+            In nats, columns in the order of the features seen in fit (named
+            by ``feature_names_in_`` when ``X`` had column names); always an
+            array, also for a DataFrame ``X``. Larger means the feature was
+            less expected given the rest of the row.
         """
         X = self._validate_input(X)
         reconstruction, _ = self._map_scaled(self.module_.score_contributions, self._scale(X))
@@ -632,6 +679,92 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """
         decision = self._score_samples(self._validate_input(X)) - self.offset_
         return np.where(decision >= 0, 1, -1)
+
+    # ------------------------------------------------------ calibration
+
+    def calibrate(self, X, fpr=0.01):
+        """Set the threshold so that normal rows are flagged at rate ``fpr``.
+
+        A post-fit step: ``X`` holds reference rows the user trusts to be
+        normal and that the detector was *not* trained on. The threshold
+        becomes the ``k``-th smallest of their ``n`` anomaly scores, with
+        ``k = ceil((n + 1) * (1 - fpr))`` (the split-conformal rule). For a
+        new row drawn from the same distribution as the reference rows, the
+        probability of being flagged is then at most ``fpr``, and above
+        ``fpr - 1 / (n + 1)`` when scores have no ties.
+
+        This replaces the threshold set by ``contamination``:
+        ``threshold_`` and ``offset_`` change together. Fitting again
+        discards the calibration (``reference_scores_`` and
+        ``calibration_fpr_`` go back to ``None`` and the threshold to the
+        ``contamination`` rule), so calibrate after every fit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Normal reference rows, not used in training.
+        fpr : float, default=0.01
+            Target false-alarm rate, in (0, 1). It needs at least
+            ``ceil(1 / fpr) - 1`` reference rows.
+
+        Returns
+        -------
+        self : object
+            The calibrated detector.
+        """
+        X = self._validate_input(X)
+        if isinstance(fpr, bool) or not isinstance(fpr, Real) or not 0 < fpr < 1:
+            raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
+        reference = np.sort(-self._score_samples(X))
+        n = reference.size
+        exceedances = _n_exceedances(n, float(fpr))
+        if exceedances < 0:
+            needed = math.ceil(1.0 / fpr) - 1
+            while 1 / (needed + 1) > fpr:
+                needed += 1
+            raise ValueError(
+                f"calibrating for fpr={fpr:g} needs at least {needed} reference rows, got {n}"
+            )
+        self.threshold_ = float(reference[n - exceedances - 1])
+        self.offset_ = -self.threshold_
+        self.reference_scores_ = reference
+        self.calibration_fpr_ = float(fpr)
+        return self
+
+    def p_values(self, X):
+        """Conformal p-value of each row against the calibration rows.
+
+        ``(1 + #{reference scores >= the row's score}) / (n_reference + 1)``:
+        small for rows scored as more anomalous than most reference rows.
+        A row has ``p_value <= calibration_fpr_`` exactly when it is flagged
+        (its anomaly score exceeds ``threshold_``), as long as the threshold
+        is the one :meth:`calibrate` set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        p_values : ndarray of shape (n_samples,), dtype float64
+            In ``[1 / (n_reference + 1), 1]``.
+        """
+        X = self._validate_input(X)
+        self._check_calibrated()
+        return self._p_values_of_scores(-self._score_samples(X))
+
+    def _check_calibrated(self):
+        if getattr(self, "reference_scores_", None) is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' "
+                "with normal reference rows before asking for p-values."
+            )
+
+    def _p_values_of_scores(self, anomaly_scores):
+        """P-values of anomaly scores (negative ELBO) already computed."""
+        reference = self.reference_scores_
+        n_at_or_above = reference.size - np.searchsorted(reference, anomaly_scores, side="left")
+        return (1 + n_at_or_above) / (reference.size + 1)
 
     # ---------------------------------------------------- latent space
 
@@ -739,6 +872,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             "center_": [float(v) for v in self.center_],
             "scale_": [float(v) for v in self.scale_],
             "offset_": float(self.offset_),
+            "training_scores_": [float(v) for v in self.training_scores_],
+            "reference_scores_": (
+                None if self.reference_scores_ is None else [float(v) for v in self.reference_scores_]
+            ),
+            "calibration_fpr_": self.calibration_fpr_,
             "threshold_": float(self.threshold_),
             "latent_dim_": int(self.latent_dim_),
             "image_shape_": None if self.image_shape_ is None else list(self.image_shape_),
@@ -769,6 +907,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         # Model files written before image models existed have no image_shape_.
         shape = fitted.pop("image_shape_", None)
         detector.image_shape_ = None if shape is None else tuple(shape)
+        # Files written before calibration existed lack these three.
+        detector.training_scores_ = np.asarray(fitted.pop("training_scores_", []), dtype=np.float64)
+        reference = fitted.pop("reference_scores_", None)
+        detector.calibration_fpr_ = fitted.pop("calibration_fpr_", None)
+        detector.reference_scores_ = None if reference is None else np.asarray(reference, dtype=np.float64)
         for name, value in fitted.items():
             setattr(detector, name, value)
         detector.module_ = detector._restore_module(weights)

@@ -8,11 +8,16 @@ for in the output.
 import queue
 import re
 import threading
+import heapq
 
 import numpy as np
 import pandas as pd
 
 from . import data as readers
+
+# A batch whose scores differ from the baseline scores with a two-sample
+# Kolmogorov-Smirnov p-value below this is reported as shifted.
+SHIFT_P_VALUE = 1e-3
 
 
 def _feature_names(detector):
@@ -104,17 +109,21 @@ def prefetch(iterable, depth=2):
             except queue.Empty:
                 thread.join(0.05)
 
-def _emit(ids, scores, valid, reasons, stream, summary, *, fmt, header, mark_invalid, only_anomalies):
+def _emit(ids, scores, valid, reasons, stream, summary, *, fmt, header, mark_invalid, only_anomalies,
+          before=None, after=None):
     """Write one batch of results and add it to ``summary``.
 
     ``ids`` maps output columns to per-row values; ``scores`` holds the
     anomaly scores (NaN where ``valid`` is False); ``reasons`` says why, one
-    per row not scored, in order.
+    per row not scored, in order. ``before`` and ``after`` hold extra
+    columns written before ``is_anomaly`` and after everything else.
     """
     invalid = ~valid
     flagged = valid & (scores > summary["threshold"])
     out = pd.DataFrame(ids)
     out["anomaly_score"] = scores
+    for column, values in (before or {}).items():
+        out[column] = values
     if fmt == "csv":
         out["is_anomaly"] = np.where(invalid, "", np.where(flagged, "true", "false"))
     else:
@@ -123,6 +132,8 @@ def _emit(ids, scores, valid, reasons, stream, summary, *, fmt, header, mark_inv
         status = np.full(len(out), "scored", dtype=object)
         status[invalid] = [f"not scored: {r}" for r in reasons]
         out["status"] = status
+    for column, values in (after or {}).items():
+        out[column] = values
     if only_anomalies:
         out = out[flagged | invalid]
     _write(out, stream, fmt, header)
@@ -140,9 +151,136 @@ def _new_summary(threshold):
     return {"rows": 0, "rows_scored": 0, "rows_not_scored": 0, "anomalies": 0,
             "threshold": threshold, "max_score": None}
 
+def explain(detector, X, n_features):
+    """The ``n_features`` features that contribute most to each row's
+    anomaly score, most first.
+
+    Parameters
+    ----------
+    detector : VAEAnomalyDetector
+        Fitted.
+    X : DataFrame or array of shape (n_samples, n_features_in_)
+    n_features : int
+        How many features to list per row (at most ``n_features_in_``).
+
+    Returns
+    -------
+    explanations : list of list of dict
+        Per row, dicts with ``feature`` (its name, or ``x<j>`` without
+        names), ``contribution`` (nats, see
+        :meth:`~anomvae.VAEAnomalyDetector.feature_contributions`),
+        ``observed`` and ``reconstructed`` (the decoder's mean at the
+        posterior mean, in the data's units).
+    """
+    contributions = detector.feature_contributions(X)
+    reconstructed = detector.inverse_transform(detector.transform(X))
+    observed = np.asarray(X, dtype=np.float64)
+    names = getattr(detector, "feature_names_in_", None)
+    names = [str(n) for n in names] if names is not None else [f"x{j}" for j in range(observed.shape[1])]
+    # A stable sort keeps ties in column order, so explanations are reproducible.
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :n_features]
+    return [
+        [{"feature": names[j], "contribution": float(contributions[i, j]),
+          "observed": float(observed[i, j]), "reconstructed": float(reconstructed[i, j])} for j in row]
+        for i, row in enumerate(order)
+    ]
+
+
+def format_explanation(items):
+    """One compact line for a CSV cell, e.g.
+    ``AC=12.3 nats (observed 5.1, reconstructed 0.2); FM=2.01 nats (...)``."""
+    return "; ".join(
+        f"{e['feature']}={e['contribution']:.4g} nats (observed {e['observed']:.6g}, "
+        f"reconstructed {e['reconstructed']:.6g})"
+        for e in items
+    )
+
+
+def score_shift(detector, anomaly_scores):
+    """Test whether a batch's anomaly scores come from the baseline's distribution.
+
+    The baseline is the calibration rows' scores when the detector is
+    calibrated, else the (thinned) training scores. Training scores are
+    in-sample, so even normal new data tends to score a little worse than
+    them; a calibrated baseline is the fairer comparison.
+
+    Returns
+    -------
+    shift : dict or None
+        ``baseline`` ("calibration" or "training"), ``n_baseline``,
+        ``n_batch``, ``ks_statistic``, ``ks_p_value``, ``level``
+        (:data:`SHIFT_P_VALUE`) and ``shifted`` (p-value below the level);
+        None when there is nothing to compare.
+    """
+    calibrated = getattr(detector, "reference_scores_", None) is not None
+    baseline = detector.reference_scores_ if calibrated else getattr(detector, "training_scores_", None)
+    anomaly_scores = np.asarray(anomaly_scores, dtype=np.float64)
+    if baseline is None or not len(baseline) or not anomaly_scores.size:
+        return None
+    from scipy.stats import ks_2samp
+
+    result = ks_2samp(anomaly_scores, baseline)
+    return {
+        "baseline": "calibration" if calibrated else "training",
+        "n_baseline": int(len(baseline)),
+        "n_batch": int(anomaly_scores.size),
+        "ks_statistic": float(result.statistic),
+        "ks_p_value": float(result.pvalue),
+        "level": SHIFT_P_VALUE,
+        "shifted": bool(result.pvalue < SHIFT_P_VALUE),
+    }
+
+
+class _TopScores:
+    """The ``size`` highest scores seen, with their row identities, in
+    bounded memory."""
+
+    def __init__(self, size):
+        self.size, self._heap = size, []
+
+    def add(self, scores, rows, identities):
+        for score, row, identity in zip(scores, rows, identities):
+            # Ties keep the earlier row: a lower row number ranks higher.
+            item = (float(score), -int(row), identity)
+            if len(self._heap) < self.size:
+                heapq.heappush(self._heap, item)
+            elif self.size and item[:2] > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, item)
+
+    def result(self):
+        ranked = sorted(self._heap, key=lambda item: item[:2], reverse=True)
+        return [{**identity, "anomaly_score": score} for score, _, identity in ranked]
+
+
+def read_reference_csv(detector, path, *, delimiter=",", skip_invalid=False, chunk_size=10_000):
+    """Read the detector's feature columns (by name) from a CSV file.
+
+    Returns
+    -------
+    X : DataFrame
+        The rows to calibrate on.
+    skipped_lines : list of int
+        Lines left out for empty, NaN or infinite values (only with
+        ``skip_invalid``; otherwise such rows raise
+        :class:`~anomvae.data.DataError`).
+    """
+    features = _feature_names(detector)
+    name = readers.display_name(path)
+    blocks, skipped = [], []
+    for chunk in readers.iter_csv(path, columns=features, chunk_size=chunk_size, delimiter=delimiter):
+        X = readers.to_numeric(chunk, features, name=name)
+        invalid, reasons = readers.invalid_rows(X, chunk, features)
+        if invalid.any():
+            if not skip_invalid:
+                raise readers.invalid_rows_error(name, chunk, invalid, reasons,
+                                                 "fix them or pass --invalid-rows skip")
+            skipped += [int(row) + 2 for row in chunk.index[invalid]]
+        blocks.append(X[~invalid])
+    return pd.DataFrame(np.concatenate(blocks), columns=features), skipped
+
 
 def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
-              delimiter=",", mark_invalid=False, only_anomalies=False):
+              delimiter=",", mark_invalid=False, only_anomalies=False, explain_top=0, summary_top=10):
     """Score a CSV file chunk by chunk and write one result row per input row.
 
     Parameters
@@ -168,18 +306,39 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         are written with an empty score and a ``status`` column saying why.
     only_anomalies : bool, default=False
         Write only flagged rows (and, with ``mark_invalid``, rows not scored).
+    explain_top : int, default=0
+        When positive, add an ``explanation`` of each flagged row: its
+        ``explain_top`` largest feature contributions (see :func:`explain`),
+        a list of objects in JSONL, a :func:`format_explanation` string in
+        CSV; empty (null) for other rows.
+    summary_top : int, default=10
+        How many of the highest-scoring rows the summary lists.
 
     Returns
     -------
     summary : dict
-        ``rows``, ``rows_scored``, ``rows_not_scored``, ``anomalies``,
-        ``threshold`` and ``max_score``.
+        ``rows``, ``rows_scored``, ``rows_not_scored``, ``anomalies`` (rows
+        flagged), ``threshold``, ``max_score``, ``calibration_fpr``,
+        ``top_anomalies`` (up to ``summary_top`` dicts with the id columns
+        or ``row``, and ``anomaly_score``, highest first) and
+        ``score_shift`` (see :func:`score_shift`).
+
+    Notes
+    -----
+    When the detector is calibrated a ``p_value`` column follows
+    ``anomaly_score`` (see :meth:`~anomvae.VAEAnomalyDetector.p_values`).
+    Memory stays bounded by ``chunk_size`` except for one float per scored
+    row, kept for the shift test.
     """
     features = _feature_names(detector)
     id_columns = list(id_columns)
     threshold = detector.threshold_ if threshold is None else float(threshold)
     name = readers.display_name(path)
+    calibrated = getattr(detector, "reference_scores_", None) is not None
     summary = _new_summary(threshold)
+    summary["calibration_fpr"] = getattr(detector, "calibration_fpr_", None)
+    top = _TopScores(summary_top)
+    batch_scores = []
     header = True
     chunks = readers.iter_csv(
         path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
@@ -194,14 +353,36 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         valid = ~invalid
         if valid.any():
             scores[valid] = -detector.score_samples(pd.DataFrame(X[valid], columns=features))
+        flagged = valid & (scores > threshold)
+        before, after = {}, {}
+        if calibrated:
+            p_values = np.full(len(X), np.nan)
+            p_values[valid] = detector._p_values_of_scores(scores[valid])
+            before["p_value"] = p_values
+        if explain_top:
+            after["explanation"] = _explanations(detector, X, flagged, features, explain_top, fmt)
         ids = ({c: chunk[c].to_numpy() for c in id_columns} if id_columns else
                {"row": chunk.index.to_numpy() + 1})
         why = [f"{r} (line {row + 2})" for r, row in zip(reasons, chunk.index[invalid])]
         _emit(ids, scores, valid, why, stream, summary, fmt=fmt, header=header, mark_invalid=mark_invalid,
-              only_anomalies=only_anomalies)
+              only_anomalies=only_anomalies, before=before, after=after)
         header = False
+        if valid.any():
+            rows = chunk.index.to_numpy()[valid] + 1
+            identities = (
+                [{c: _json_value(chunk[c].iloc[i]) for c in id_columns} for i in np.flatnonzero(valid)] if id_columns
+                else [{"row": int(r)} for r in rows]
+            )
+            top.add(scores[valid], rows, identities)
+            batch_scores.append(scores[valid])
     stream.flush()
+    summary["top_anomalies"] = top.result()
+    summary["score_shift"] = score_shift(detector, np.concatenate(batch_scores) if batch_scores else [])
     return summary
+
+
+def _json_value(value):
+    return None if pd.isna(value) else value
 
 
 def heatmap_image(pixels, contributions, image_shape, *, min_side=256, vmax=None):
@@ -307,3 +488,13 @@ def score_images(detector, source, stream, *, threshold=None, fmt="csv", batch_s
         header = False
     stream.flush()
     return summary
+
+
+def _explanations(detector, X, flagged, features, n_features, fmt):
+    cells = np.full(len(X), "" if fmt == "csv" else None, dtype=object)
+    if flagged.any():
+        items = explain(detector, pd.DataFrame(X[flagged], columns=features), n_features)
+        # Element by element: numpy would read a list of lists as a 2-D block.
+        for i, row_items in zip(np.flatnonzero(flagged), items):
+            cells[i] = format_explanation(row_items) if fmt == "csv" else row_items
+    return cells

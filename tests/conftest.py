@@ -7,10 +7,15 @@ from sklearn.exceptions import ConvergenceWarning
 from anomvae import VAEAnomalyDetector
 
 
-def make_low_rank(n_samples, n_features=8, rank=3, noise=0.1, seed=0):
-    """Rows near a random ``rank``-dimensional subspace, plus Gaussian noise."""
+def make_low_rank(n_samples, n_features=8, rank=3, noise=0.1, seed=0, basis_seed=None):
+    """Rows near a random ``rank``-dimensional subspace, plus Gaussian noise.
+
+    With ``basis_seed`` the subspace is fixed by it, so that different
+    ``seed`` values give independent draws of one distribution.
+    """
     rng = np.random.RandomState(seed)
-    basis = rng.normal(size=(rank, n_features))
+    basis_rng = rng if basis_seed is None else np.random.RandomState(basis_seed)
+    basis = basis_rng.normal(size=(rank, n_features))
     return rng.normal(size=(n_samples, rank)) @ basis + noise * rng.normal(size=(n_samples, n_features))
 
 
