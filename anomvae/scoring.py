@@ -5,9 +5,7 @@ command does: chunk by chunk, with bounded memory, every input row accounted
 for in the output.
 """
 
-import queue
 import re
-import threading
 import heapq
 
 import numpy as np
@@ -64,19 +62,7 @@ def _write(frame, stream, fmt, header):
         stream.write(text if text.endswith("\n") else text + "\n")
 
 
-def prefetch(iterable, depth=2):
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
-
-    Parsing the next CSV chunk (pandas' parser releases the GIL) then
-    overlaps with scoring the current one (so does torch). An exception in
-    the producer is re-raised in the consumer; if the consumer stops early,
-    the producer is told to stop and the thread ends.
-    """
-    items = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
+def produce():
         try:
             for item in iterable:
                 while not stop.is_set():
@@ -344,7 +330,7 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
         dtype={c: str for c in id_columns},
     )
-    for chunk in prefetch(chunks):
+    for chunk in chunks:
         X = readers.to_numeric(chunk, features, name=name)
         invalid, reasons = readers.invalid_rows(X, chunk, features)
         if invalid.any() and not mark_invalid:
