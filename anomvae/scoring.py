@@ -62,39 +62,6 @@ def _write(frame, stream, fmt, header):
         stream.write(text if text.endswith("\n") else text + "\n")
 
 
-def produce():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put((done, None))
-        except BaseException as exc:  # handed to the consumer
-            items.put((done, exc))
-
-    thread = threading.Thread(target=produce, name="anomvae-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = items.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
-
 def _emit(ids, scores, valid, reasons, stream, summary, *, fmt, header, mark_invalid, only_anomalies,
           before=None, after=None):
     """Write one batch of results and add it to ``summary``.
