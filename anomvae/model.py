@@ -257,8 +257,8 @@ class VAE(nn.Module):
 
     def score_terms(self, x):
         """Per-row reconstruction NLL and KL, using the fixed ``score_noise``."""
-        reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))
-        return reconstruction_nll.sum(-1), kl.sum(-1)
+        reconstruction_nll, kl = self.score_contributions(x)
+        return reconstruction_nll.sum(-1), kl
 
 
 def build_vae(config):
