@@ -258,6 +258,8 @@ class _ImageSize(click.ParamType):
 _DATA = _Data()
 # What image fits use when --architecture or --likelihood is not given.
 IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
+# The colour mode of an image model's channel count, as fit records it.
+_COLORS = {1: "grayscale", 3: "rgb"}
 
 
 @main.command()
@@ -374,7 +376,11 @@ def read_model_kind(path):
     """``"images"`` for a model trained on images, else ``"csv"`` (no torch)."""
     from .persistence import read_metadata
 
-    return read_metadata(path).get("extra", {}).get("input", "csv")
+    return _model_kind(read_metadata(path))
+
+
+def _model_kind(metadata):
+    return metadata.get("extra", {}).get("input", "csv")
 
 
 def _load_model(path):
@@ -521,17 +527,28 @@ def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 @_input_errors
 def info(model, as_json):
-    """Describe MODEL: version, features, parameters, threshold, training."""
+    """Describe MODEL: version, input, network, features (for image models
+    their shape, colour mode and the size score resizes images to),
+    parameters, threshold, training."""
     from .persistence import read_metadata
 
     metadata = read_metadata(model)
     fitted = metadata["fitted"]
     history = fitted.get("history_", {})
+    kind = _model_kind(metadata)
+    shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
     summary = {
         "file": model,
         "anomvae_version": metadata.get("anomvae_version"),
         "format_version": metadata["format_version"],
         "created": metadata.get("created"),
+        "input": kind,
+        # Model files written before the architecture option existed are MLPs.
+        "architecture": metadata["params"].get("architecture", "mlp"),
+        "likelihood": metadata["params"].get("likelihood"),
+        "image_shape": shape,
+        "color": None if shape is None else _COLORS.get(shape[0]),
+        "image_size": shape[1:] if shape is not None and kind == "images" else None,
         "n_features": fitted.get("n_features_in_"),
         "features": fitted.get("feature_names_in_"),
         "id_columns": metadata.get("extra", {}).get("id_columns", []),
@@ -559,7 +576,15 @@ def info(model, as_json):
     lines = [
         f"model:      {model} (anomvae {summary['anomvae_version']}, format {summary['format_version']}, "
         f"created {summary['created']})",
-        f"features:   {len(features)}: {', '.join(features)}",
+        f"input:      {'images' if kind == 'images' else 'CSV'}",
+        f"network:    {summary['architecture']}, {summary['likelihood']} likelihood",
+    ]
+    if shape is None:
+        lines.append(f"features:   {len(features)}: {', '.join(features)}")
+    else:
+        # Thousands of pixel names x0, x1, ... would say nothing.
+        lines += [f"features:   {summary['n_features']} pixels", _image_line(summary)]
+    lines += [
         f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
         f"threshold:  {summary['threshold']:.6g} nats (negative ELBO)",
         "calibrated: " + (
@@ -567,10 +592,20 @@ def info(model, as_json):
             f"{summary['calibration']['reference_rows']} reference rows"
             if summary["calibration"] else "no (threshold from contamination)"
         ),
-        f"training:   {training.get('rows', '?')} rows from {training.get('file', '?')}; "
-        f"{training['epochs']} epochs, best {training['best_epoch']}; "
+        f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
+        f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}; "
         f"final train loss {training['final_train_loss']:.4f}, best validation loss {training['best_val_loss']:.4f}",
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
         "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]
     click.echo("\n".join(lines))
+
+
+def _image_line(summary):
+    channels, height, width = summary["image_shape"]
+    color = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
+    line = f"image:      {channels}x{height}x{width} (C x H x W), {color}; "
+    if summary["image_size"] is None:
+        # A conv model saved from Python without extra={"input": "images"}.
+        return line + "not marked as an image model, so score reads CSV rows of pixels"
+    return line + f"score resizes every image to {height}x{width} pixels (H x W)"

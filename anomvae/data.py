@@ -200,7 +200,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_EXTENSIONS = (".npy", ".npz")
 _GLOB_CHARS = "*?["
 # Pillow modes read as one channel; anything else is read as RGB.
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Pillow modes of more than 8 bits per pixel: unsigned 16-bit integers
+# ("I;16*"), 32-bit signed integers ("I", which is also how Pillow before 10
+# opens 16-bit PNGs) and 32-bit floats ("F"). Pillow's convert("L") clips
+# them at 255 (16-bit levels from 255 up all turn white, floats in [0, 1]
+# turn 0 or 1), so they are read in float instead.
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_MAX_16_BIT = 65535
 
 
 def is_image_source(source):
@@ -265,6 +272,33 @@ def probe_image(path):
     return image.height, image.width, image.mode in _GRAY_MODES
 
 
+def _deep_pixels(image, path):
+    """A grey image of more than 8 bits (see ``_DEEP_MODES``) as float32
+    levels in [0, 1], shape (H, W).
+
+    Integer images are divided by 65535, the 16-bit white, whatever their
+    mode: a 32-bit integer image must hold 16-bit values. Float images must
+    already lie in [0, 1], as float arrays must. Other values raise
+    :class:`DataError` rather than being clipped or rescaled per image,
+    which would give the same scene different pixels in different files.
+    """
+    values = np.asarray(image)
+    if not values.size:
+        return values.astype(np.float32)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise DataError(f"{path}: floating-point pixels must lie in [0, 1]; this image holds NaN or "
+                            "infinite values")
+        if values.min() < 0 or values.max() > 1:
+            raise DataError(f"{path}: floating-point pixels must lie in [0, 1]; this image has values "
+                            f"from {values.min():g} to {values.max():g}")
+        return values.astype(np.float32)
+    if values.min() < 0 or values.max() > _MAX_16_BIT:
+        raise DataError(f"{path}: integer pixels are read as 16-bit values, 0 to {_MAX_16_BIT}; this "
+                        f"{image.mode!r} image has values from {values.min()} to {values.max()}")
+    return values.astype(np.float32) / np.float32(_MAX_16_BIT)
+
+
 def read_image(path, *, size, grayscale):
     """One image as float32 pixels in [0, 1], shape (C * H * W,), channels first.
 
@@ -273,11 +307,19 @@ def read_image(path, *, size, grayscale):
     when shrinking), stretching it if its aspect ratio differs. Colour images
     are converted to grey with ITU-R 601-2 luma weights under
     ``grayscale=True``; grey ones are repeated into three channels otherwise;
-    an alpha channel is dropped. Pixels are read at 8 bits per channel.
+    an alpha channel is dropped.
+
+    8-bit images are divided by 255. Grey images of higher depth keep their
+    precision: 16-bit and 32-bit integer ones are divided by 65535, float
+    ones are kept as they are, and both are resized in float. Values outside
+    0..65535 or [0, 1] raise :class:`DataError` naming the file.
     """
     from PIL import Image
 
-    image = _open_image(path).convert("L" if grayscale else "RGB")
+    image = _open_image(path)
+    if image.mode in _DEEP_MODES:
+        return _array_pixels(_deep_pixels(image, path)[None, None], path, size, grayscale)[0]
+    image = image.convert("L" if grayscale else "RGB")
     height, width = size
     if (image.height, image.width) != (height, width):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -324,10 +366,12 @@ def _array_pixels(block, path, size, grayscale):
 
     if block.dtype == np.uint8:
         block = block.astype(np.float32) / 255.0
+    elif block.dtype.kind == "u" and block.dtype.itemsize == 2:  # uint16 of either byte order
+        block = block.astype(np.float32) / np.float32(_MAX_16_BIT)
     else:
         block = np.asarray(block, dtype=np.float32)
         if block.size and not (np.isfinite(block).all() and block.min() >= 0 and block.max() <= 1):
-            raise DataError(f"{path}: pixel values must be uint8 or floats in [0, 1]")
+            raise DataError(f"{path}: pixel values must be uint8, uint16 or floats in [0, 1]")
     if grayscale and block.shape[1] == 3:
         block = np.tensordot(np.float32([0.299, 0.587, 0.114]), block, axes=([0], [1]))[:, None]
     elif not grayscale and block.shape[1] == 1:

@@ -331,6 +331,9 @@ def test_info_text_and_json(model):
     assert data["features"] == list(detector.feature_names_in_)
     assert data["training"]["epochs"] == detector.n_epochs_ and data["training"]["rows"] == 1281
     assert data["params"]["max_epochs"] == 5 and data["anomvae_version"] == anomvae.__version__
+    assert data["input"] == "csv" and data["architecture"] == "mlp" and data["likelihood"] == "gaussian"
+    assert data["image_shape"] is data["color"] is data["image_size"] is None
+    assert "network:    mlp, gaussian likelihood" in text.stdout and "image:" not in text.stdout
 
 
 def test_progress_handler_advances_once_per_epoch(inliers):

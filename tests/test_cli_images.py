@@ -2,6 +2,8 @@
 
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -136,6 +138,69 @@ def test_mixed_sizes_and_arrays_are_scored(image_model, new_images, tmp_path):
     scored = invoke("score", image_model, tmp_path / "digits.npy")
     frame = pd.read_csv(io.StringIO(scored.stdout))
     assert list(frame["path"]) == [f"{tmp_path / 'digits.npy'}[{i}]" for i in range(4)]
+
+
+def test_info_shows_the_image_fields(image_model):
+    text = invoke("info", image_model)
+    assert text.exit_code == 0, text.output
+    assert "input:      images\n" in text.stdout
+    assert "network:    conv, bernoulli likelihood\n" in text.stdout
+    assert "features:   64 pixels\n" in text.stdout and "x63" not in text.stdout
+    assert ("image:      1x8x8 (C x H x W), grayscale; score resizes every image to 8x8 pixels (H x W)\n"
+            in text.stdout)
+    assert "training:   60 images from " in text.stdout
+    data = json.loads(invoke("info", image_model, "--json").stdout)
+    assert data["input"] == "images" and data["architecture"] == "conv" and data["likelihood"] == "bernoulli"
+    assert data["image_shape"] == [1, 8, 8] and data["color"] == "grayscale" and data["image_size"] == [8, 8]
+
+
+def test_info_of_a_resized_rgb_model(tmp_path):
+    rng = np.random.RandomState(0)
+    (tmp_path / "rgb").mkdir()
+    for i in range(6):
+        pixels = rng.randint(0, 256, (10, 12, 3)).astype(np.uint8)
+        Image.fromarray(pixels, mode="RGB").save(tmp_path / "rgb" / f"{i}.png")
+    path = tmp_path / "rgb.anomvae"
+    fit = invoke("fit", tmp_path / "rgb", "-o", path, "--image-size", "4x6", "--likelihood", "continuous_bernoulli",
+                 "--max-epochs", "1", "--random-state", "0")
+    assert fit.exit_code == 0, fit.output
+    data = json.loads(invoke("info", path, "--json").stdout)
+    assert data["image_shape"] == [3, 4, 6] and data["color"] == "rgb" and data["image_size"] == [4, 6]
+    assert data["likelihood"] == "continuous_bernoulli" and data["n_features"] == 72
+    text = invoke("info", path).stdout
+    assert "image:      3x4x6 (C x H x W), RGB; score resizes every image to 4x6 pixels (H x W)" in text
+
+
+@pytest.mark.parametrize("flags, shown", [([], "score resizes every image to 8x8"),
+                                          (["--json"], '"image_size": [\n    8,\n    8\n  ]')])
+def test_info_of_an_image_model_does_not_import_torch(image_model, flags, shown):
+    code = (
+        "import sys\nfrom anomvae.cli import main\n"
+        f"try:\n    main({['info', str(image_model), *flags]!r})\nexcept SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert shown in result.stdout
+
+
+def test_16_bit_images_are_scored_at_full_precision(image_model, tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    # The same digit at 16 bits, once as is and once 200/65535 brighter. Its
+    # levels are multiples of 256 from 256 up, so both would be the same image
+    # at 8 bits, whether clipped to 255 (as Pillow's convert("L") does) or
+    # cut to their high byte.
+    digit = load_digits().images[0].astype(np.uint16) * 15 * 256 + 256
+    Image.fromarray(digit).save(folder / "a.png")
+    Image.fromarray(digit + 200).save(folder / "b.png")
+    result = invoke("score", image_model, folder)
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(io.StringIO(result.stdout))["anomaly_score"]
+    assert scores[0] != scores[1]
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(folder / "c.tif")
+    assert_input_error(invoke("score", image_model, folder), "c.tif", "0 to 65535")
 
 
 def test_image_options_on_csv_are_usage_errors(tmp_path):

@@ -1,5 +1,6 @@
 """Image readers of anomvae.data: folders, globs, arrays, sizes, bad files."""
 
+import re
 import subprocess
 import sys
 
@@ -116,13 +117,87 @@ def test_array_layouts_give_the_same_rows(tmp_path):
 
 @pytest.mark.parametrize("array, message", [
     (np.zeros((3, 5, 5, 5)), "is not images"),
-    (np.full((3, 4, 4), 2.0), "uint8 or floats in \\[0, 1\\]"),
+    (np.full((3, 4, 4), 2.0), "uint8, uint16 or floats in \\[0, 1\\]"),
     (np.zeros(4), "is not images"),
 ])
 def test_bad_arrays_are_named(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(DataError, match=message):
         readers.read_images(str(tmp_path / "bad.npy"), size=(4, 4), grayscale=True)
+
+
+# 16-bit levels that differ only in their low byte: an 8-bit reading makes
+# each pair equal.
+LOW_BYTE = np.array([[256, 257, 258, 511], [65280, 65281, 65535, 0]], dtype=np.uint16)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_keep_their_low_byte(tmp_path, fmt):
+    image = Image.fromarray(LOW_BYTE)
+    assert image.mode == "I;16"
+    path = tmp_path / f"deep.{fmt.lower()}"
+    image.save(path, format=fmt)
+    assert readers.probe_image(str(path)) == (2, 4, True)
+    row = readers.read_image(str(path), size=(2, 4), grayscale=True)
+    assert row.dtype == np.float32
+    np.testing.assert_allclose(row, LOW_BYTE.reshape(-1) / 65535.0, rtol=0, atol=1e-6)
+    assert row[0] < row[1] < row[2] and row[4] < row[5]
+    rgb = readers.read_image(str(path), size=(2, 4), grayscale=False)
+    np.testing.assert_allclose(rgb, np.tile(LOW_BYTE.reshape(-1) / 65535.0, 3), rtol=0, atol=1e-6)
+
+
+def test_big_endian_16_bit_tiff(tmp_path):
+    image = Image.frombytes("I;16B", (4, 2), LOW_BYTE.astype(">u2").tobytes())
+    image.save(tmp_path / "be.tif")
+    assert Image.open(tmp_path / "be.tif").mode == "I;16B"
+    row = readers.read_image(str(tmp_path / "be.tif"), size=(2, 4), grayscale=True)
+    np.testing.assert_allclose(row, LOW_BYTE.reshape(-1) / 65535.0, rtol=0, atol=1e-6)
+
+
+def test_16_bit_images_are_resized_in_float(tmp_path):
+    # 300 / 65535 read at 8 bits would be 1 / 255, 15% less.
+    Image.fromarray(np.full((8, 6), 300, dtype=np.uint16)).save(tmp_path / "flat.png")
+    row = readers.read_image(str(tmp_path / "flat.png"), size=(4, 3), grayscale=False)
+    assert row.shape == (36,)
+    np.testing.assert_allclose(row, 300 / 65535.0, rtol=0, atol=1e-6)
+    ramp = np.arange(256, 256 + 8 * 8, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    small = readers.read_image(str(tmp_path / "ramp.png"), size=(4, 4), grayscale=True) * 65535
+    assert len(np.unique(np.round(small, 3))) == 16  # every level distinct, all within one 8-bit step
+    assert 256 <= small.min() and small.max() <= 256 + 63
+
+
+def test_32_bit_integer_and_float_tiffs(tmp_path):
+    Image.fromarray(LOW_BYTE.astype(np.int32)).save(tmp_path / "int.tif")
+    Image.fromarray(np.float32([[0.0, 0.25], [1e-5, 1.0]])).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "int.tif").mode == "I" and Image.open(tmp_path / "float.tif").mode == "F"
+    row = readers.read_image(str(tmp_path / "int.tif"), size=(2, 4), grayscale=True)
+    np.testing.assert_allclose(row, LOW_BYTE.reshape(-1) / 65535.0, rtol=0, atol=1e-6)
+    row = readers.read_image(str(tmp_path / "float.tif"), size=(2, 2), grayscale=True)
+    np.testing.assert_array_equal(row, np.float32([0.0, 0.25, 1e-5, 1.0]))
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.int32([[0, 70000]]), "read as 16-bit values, 0 to 65535; this 'I' image has values from 0 to 70000"),
+    (np.int32([[-3, 5]]), "from -3 to 5"),
+    (np.float32([[0.5, 2.0]]), "floating-point pixels must lie in \\[0, 1\\]; this image has values from 0.5 to 2"),
+    (np.float32([[0.5, np.nan]]), "holds NaN or infinite values"),
+])
+def test_deep_pixels_out_of_range_are_named(tmp_path, pixels, message):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: .*{message}"):
+        readers.read_image(str(path), size=(1, 2), grayscale=True)
+    ((names, _, problems),) = readers.iter_images(str(path), size=(1, 2), grayscale=True, skip_unreadable=True)
+    assert names == [str(path)] and problems[0].startswith(("integer", "floating"))
+
+
+def test_uint16_arrays_are_scaled_by_65535(tmp_path):
+    np.save(tmp_path / "deep.npy", LOW_BYTE[None])
+    np.save(tmp_path / "swapped.npy", LOW_BYTE[None].astype(">u2"))
+    for name in ("deep.npy", "swapped.npy"):
+        _, X = readers.read_images(str(tmp_path / name), size=(2, 4), grayscale=True)
+        np.testing.assert_allclose(X[0], LOW_BYTE.reshape(-1) / 65535.0, rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_image_sources_are_told_from_csv(folder):
