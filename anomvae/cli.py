@@ -84,13 +84,14 @@ ESTIMATOR_OPTIONS = [
     ("beta", float, 1.0, "Weight of the KL term in training."),
     ("kl_warmup", int, 10, "Epochs over which the KL weight ramps up."),
     ("max_epochs", int, 400, "Maximum number of epochs."),
-    ("batch_size", int, 128, "Rows per optimisation step."),
-    ("lr", float, 1e-3, "Adam learning rate."),
+    ("batch_size", _AutoOr(int, {"auto": "auto"}), "auto", "Rows per optimisation step; auto = "
+     "clip(training rows // 16, 16, 128)."),
+    ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
     ("n_iter_no_change", _AutoOr(int, {"none": None}), 20, "Early-stopping patience in epochs; none disables."),
     ("tol", float, 1e-3, "Relative improvement that resets the patience."),
-    ("n_score_samples", int, 16, "Fixed latent draws per row when scoring."),
+    ("n_score_samples", int, 8, "Fixed latent draws per row when scoring."),
     ("contamination", _AutoOr(float, {"auto": "auto"}), "auto", "Threshold rule: auto (Tukey) or a rate in (0, 0.5]."),
     ("standardize", click.Choice(["auto", "true", "false"]), "auto", "Scale features by training mean and std."),
     ("score_bound", click.Choice(["elbo", "iwae"]), "elbo", "Score bound: the ELBO, or the importance-weighted bound."),
@@ -383,10 +384,10 @@ def _model_kind(metadata):
     return metadata.get("extra", {}).get("input", "csv")
 
 
-def _load_model(path):
-    from .persistence import load, read_metadata
+def _load_model(path, *, scoring_only=False):
+    from .persistence import load, load_for_scoring, read_metadata
 
-    return load(path), read_metadata(path)
+    return (load_for_scoring if scoring_only else load)(path), read_metadata(path)
 
 
 @main.command()
@@ -442,7 +443,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         raise click.UsageError("--heatmaps applies to image models only")
     if image_model and (explain_top or summary_json):
         raise click.UsageError("--explain and --summary-json apply to tabular models only")
-    detector, metadata = _load_model(model)
+    # Plain CSV scoring needs only the network: skip importing scikit-learn.
+    detector, metadata = _load_model(model, scoring_only=not (image_model or explain_top))
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold

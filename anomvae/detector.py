@@ -15,21 +15,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .elbo import negative_elbo
-from .model import DEFAULT_MIN_VARIANCE, build_vae, conv_plan
+from .fitted import FittedVAE, check_domain
+from .model import DEFAULT_MIN_VARIANCE, build_vae
 
 logger = logging.getLogger("anomvae")
-
-# Scoring runs the network on chunks of one fixed height per model, copied
-# into freshly allocated buffers and padded with zeros.  Matrix-multiply
-# kernels pick their algorithm (and so their summation order) by matrix shape
-# and memory alignment, so a row's last bits could otherwise depend on how
-# many rows share its call and where numpy placed them; with every call the
-# same shape and alignment a row's score is bit-for-bit the same in any batch.
-_MIN_CHUNK_ROWS = 16
-_MAX_CHUNK_ROWS = 1024
-# Target number of floats in one chunk's widest activation tensor.
-_CHUNK_BUDGET = 1 << 20
-
 
 def _resolve_device(device):
     if device == "auto":
@@ -41,6 +30,24 @@ def _resolve_device(device):
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
     return str(resolved)
+
+
+def _adam(parameters, **options):
+    """Adam with its fused kernel where this torch build has one for the
+    parameters' device (CPU since torch 2.4), else the foreach kernel: the
+    per-tensor loop costs more than the small networks' own arithmetic."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, foreach=True, **options)
+
+
+def _auto_batch_size(n_train):
+    """Rows per step for ``batch_size="auto"``: 128, but on small data
+    smaller batches, down to 16, so that an epoch holds about 16 steps
+    and early stopping watches a model that has had time to learn."""
+    return int(np.clip(n_train // 16, 16, 128))
 
 
 def _random_state(random_state):
@@ -108,7 +115,7 @@ def _auto_latent_dim(n_features, image_shape=None):
     return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
 
 
-class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
+class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
     """Anomaly detection with a variational autoencoder.
 
     A VAE is trained on ``X`` to maximise the evidence lower bound (ELBO) of
@@ -156,9 +163,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         collapsing onto the prior early in training. 0 disables the ramp.
     max_epochs : int, default=400
         Maximum number of passes over the training data.
-    batch_size : int, default=128
-        Rows per optimisation step. Data with fewer rows form one batch.
-    lr : float, default=1e-3
+    batch_size : int or "auto", default="auto"
+        Rows per optimisation step. ``"auto"`` uses
+        ``clip(n_train // 16, 16, 128)`` where ``n_train`` is the number of
+        training rows after the validation split: 128 from 2,048 rows on,
+        smaller on small data so that an epoch still holds about 16 steps.
+        Data with fewer rows than a batch form one batch.
+    lr : float, default=3e-3
         Learning rate of the Adam optimiser.
     weight_decay : float, default=0.0
         L2 penalty of the Adam optimiser.
@@ -175,7 +186,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         improvement: an epoch improves when its loss is below
         ``best * (1 - tol)`` for a positive best loss (``best * (1 + tol)``
         for a negative one).
-    n_score_samples : int, default=16
+    n_score_samples : int, default=8
         Monte-Carlo samples of z per row when estimating the ELBO for
         scoring. The standard normal draws are fixed at fit time and shared
         by all rows, so scores are deterministic.
@@ -244,6 +255,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ``val_reconstruction`` and ``val_kl``; all in nats per row.
     n_epochs_ : int
         Number of epochs run.
+    batch_size_ : int
+        Rows per optimisation step used in training (``batch_size``, or
+        what ``"auto"`` chose).
     best_epoch_ : int
         Epoch whose weights were kept.
     device_ : str
@@ -290,7 +304,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "beta": [Interval(Real, 0, None, closed="left")],
         "kl_warmup": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -316,13 +330,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         beta=1.0,
         kl_warmup=10,
         max_epochs=400,
-        batch_size=128,
-        lr=1e-3,
+        batch_size="auto",
+        lr=3e-3,
         weight_decay=0.0,
         validation_fraction=0.1,
         n_iter_no_change=20,
         tol=1e-3,
-        n_score_samples=16,
+        n_score_samples=8,
         contamination="auto",
         standardize="auto",
         score_bound="elbo",
@@ -449,7 +463,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         X_train = torch.tensor(X_train, device=device)
         X_monitor = X_train if X_val is None else torch.tensor(X_val, device=device)
         n_train = X_train.shape[0]
-        optimizer = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        batch_size = _auto_batch_size(n_train) if self.batch_size == "auto" else self.batch_size
+        self.batch_size_ = int(batch_size)
+        optimizer = _adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
         history = {key: [] for key in (
             "epoch", "beta", "train_loss", "train_reconstruction", "train_kl",
@@ -460,8 +476,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         for epoch in range(1, self.max_epochs + 1):
             beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
             module.train()
-            sums = np.zeros(3)
-            for rows in torch.randperm(n_train, generator=shuffle_gen).split(self.batch_size):
+            sums = torch.zeros(3, device=device)
+            for rows in torch.randperm(n_train, generator=shuffle_gen).split(batch_size):
                 batch = X_train[rows.to(device)]
                 eps = torch.randn(
                     (1, batch.shape[0], self.latent_dim_), generator=noise_gen, device=device
@@ -472,18 +488,25 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                n = batch.shape[0]
-                sums += n * np.array([loss.item(), reconstruction.mean().item(), kl.mean().item()])
-            train_loss, train_rec, train_kl = sums / n_train
+                # Summed on the device: reading a value back each step
+                # would make the CPU wait for every batch.
+                with torch.no_grad():
+                    sums += torch.stack([loss, reconstruction.mean(), kl.mean()]) * batch.shape[0]
+            train_loss, train_rec, train_kl = (sums / n_train).tolist()
             if not np.isfinite(train_loss):
                 raise ValueError(
                     f"training diverged at epoch {epoch} (loss {train_loss}); "
                     f"try a smaller lr than {self.lr} or standardize=True"
                 )
             module.eval()
-            val_rec, val_kl = (float(v.mean()) for v in self._map_scaled(
-                lambda x: module.score_terms(x), X_monitor))
-            val_loss = float(negative_elbo(val_rec, val_kl, self.beta))
+            if X_val is None and self.n_iter_no_change is None:
+                # Nothing to monitor: re-scoring the training rows each
+                # epoch would only repeat the training loss at some cost.
+                val_rec = val_kl = val_loss = math.nan
+            else:
+                val_rec, val_kl = (float(v.mean()) for v in self._map_scaled(
+                    lambda x: module.score_terms(x), X_monitor))
+                val_loss = float(negative_elbo(val_rec, val_kl, self.beta))
             for key, value in zip(history, (
                 epoch, beta, train_loss, train_rec, train_kl, val_loss, val_rec, val_kl
             )):
@@ -533,48 +556,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     # -------------------------------------------------------------- helpers
 
     def _check_domain(self, X):
-        if self.likelihood != "gaussian" and X.size and (X.min() < 0 or X.max() > 1):
-            column = int(np.flatnonzero((X < 0).any(axis=0) | (X > 1).any(axis=0))[0])
-            raise ValueError(
-                f"likelihood={self.likelihood!r} needs values in [0, 1]; "
-                f"column {column} holds values in [{X[:, column].min():g}, {X[:, column].max():g}]"
-            )
-
-    def _scale(self, X):
-        return ((X - self.center_) / self.scale_).astype(np.float32)
-
-    def _chunk_rows(self, width):
-        per_row = max(1, self.module_.score_noise.shape[0] * width)
-        return int(np.clip(_CHUNK_BUDGET // per_row, _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS))
-
-    def _map_scaled(self, fn, X):
-        """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
-
-        ``fn`` maps a (n, ...) tensor to a tensor or a tuple of tensors with
-        n rows; the results come back concatenated as float64 numpy arrays.
-        Every chunk is padded to the same height, so that a row's result
-        does not depend on its neighbours.
-        """
-        widths = [X.shape[1], self.latent_dim_, *self._module_config["hidden_dims"]]
-        if self._module_config.get("image_shape"):
-            channels, sizes = conv_plan(self._module_config["image_shape"])
-            widths += [c * h * w for c, (h, w) in zip(channels, sizes)]
-        step = self._chunk_rows(max(widths))
-        device = self.module_.score_noise.device
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, X.shape[0], step):
-                rows = torch.as_tensor(X[start:start + step])
-                n = rows.shape[0]
-                # A fresh buffer from torch's allocator: aligned memory and
-                # one shape for every call (see _MIN_CHUNK_ROWS).
-                chunk = torch.zeros((step, *rows.shape[1:]), device=device)
-                chunk[:n] = rows
-                result = fn(chunk)
-                result = result if isinstance(result, tuple) else (result,)
-                outputs.append([r[:n].double().cpu().numpy() for r in result])
-        merged = tuple(np.concatenate(parts) for parts in zip(*outputs))
-        return merged if len(merged) > 1 else merged[0]
+        check_domain(X, self.likelihood)
 
     def _validate_input(self, X):
         check_is_fitted(self)
@@ -583,14 +565,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return X
 
     # -------------------------------------------------------------- scoring
-
-    def _score_samples(self, X):
-        # Change of variables from the scaled features back to the data's units.
-        log_jacobian = -np.log(self.scale_).sum()
-        if self.score_bound == "iwae":
-            return self._map_scaled(self.module_.importance_weighted_elbo, self._scale(X)) + log_jacobian
-        reconstruction, kl = self._map_scaled(self.module_.score_terms, self._scale(X))
-        return -(reconstruction + kl) + log_jacobian
 
     def feature_contributions(self, X):
         """Each feature's share of the anomaly score (the negative ELBO).
@@ -760,12 +734,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 "with normal reference rows before asking for p-values."
             )
 
-    def _p_values_of_scores(self, anomaly_scores):
-        """P-values of anomaly scores (negative ELBO) already computed."""
-        reference = self.reference_scores_
-        n_at_or_above = reference.size - np.searchsorted(reference, anomaly_scores, side="left")
-        return (1 + n_at_or_above) / (reference.size + 1)
-
     # ---------------------------------------------------- latent space
 
     def transform(self, X):
@@ -897,24 +865,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             if isinstance(params.get(name), list):
                 params[name] = tuple(params[name])
         detector = cls(**params)
-        fitted = dict(fitted)
-        detector._module_config = fitted.pop("module_config")
-        names = fitted.pop("feature_names_in_")
-        if names is not None:
-            detector.feature_names_in_ = np.asarray(names, dtype=object)
-        detector.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
-        detector.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
-        # Model files written before image models existed have no image_shape_.
-        shape = fitted.pop("image_shape_", None)
-        detector.image_shape_ = None if shape is None else tuple(shape)
-        # Files written before calibration existed lack these three.
-        detector.training_scores_ = np.asarray(fitted.pop("training_scores_", []), dtype=np.float64)
-        reference = fitted.pop("reference_scores_", None)
-        detector.calibration_fpr_ = fitted.pop("calibration_fpr_", None)
-        detector.reference_scores_ = None if reference is None else np.asarray(reference, dtype=np.float64)
-        for name, value in fitted.items():
-            setattr(detector, name, value)
-        detector.module_ = detector._restore_module(weights)
+        detector._set_fitted_state(fitted, weights)
         return detector
 
     # ------------------------------------------------------------ pickling
@@ -933,15 +884,3 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         super().__setstate__(state)
         if module_state is not None:
             self.module_ = self._restore_module(module_state)
-
-    def _restore_module(self, module_state):
-        device = self.device_
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(
-                f"this model was trained on {device}, which is not available; using the CPU",
-                UserWarning,
-            )
-            device = self.device_ = "cpu"
-        module = build_vae(self._module_config)
-        module.load_state_dict(module_state)
-        return module.to(device).eval()

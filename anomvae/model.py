@@ -55,7 +55,20 @@ class MLPDecoder(nn.Module):
         return self.out(self.body(z))
 
 
-class GaussianLikelihood(nn.Module):
+class _Likelihood(nn.Module):
+    """Base of the likelihood heads: ``log_prob`` is element-wise, and
+    ``expected_nll`` averages ``-log_prob`` over K draws of the decoder's
+    output (shape ``(K, n, n_features)``)."""
+
+    def expected_nll(self, x, loc):
+        log_px = self.log_prob(x, loc)
+        # Average the K samples one element at a time: a reduction over the
+        # leading axis may be vectorised across rows, which would make a
+        # row's last bits depend on its position in the batch.
+        return -sum(log_px.unbind(0)) / log_px.shape[0]
+
+
+class GaussianLikelihood(_Likelihood):
     """Gaussian p(x|z) with the decoder's output as mean and a learned
     per-feature variance bounded below by ``min_variance``."""
 
@@ -73,6 +86,9 @@ class GaussianLikelihood(nn.Module):
     def log_prob(self, x, loc):
         return elbo.gaussian_log_prob(x, loc, self.logvar())
 
+    def expected_nll(self, x, loc):
+        return elbo.gaussian_expected_nll(x, loc, self.logvar())
+
     def mean(self, loc):
         return loc
 
@@ -81,7 +97,7 @@ class GaussianLikelihood(nn.Module):
         return loc + torch.exp(0.5 * self.logvar()) * noise
 
 
-class BernoulliLikelihood(nn.Module):
+class BernoulliLikelihood(_Likelihood):
     """Bernoulli p(x|z) with the decoder's output as logits, for x in [0, 1]."""
 
     def log_prob(self, x, loc):
@@ -94,7 +110,7 @@ class BernoulliLikelihood(nn.Module):
         return torch.bernoulli(torch.sigmoid(loc), generator=generator)
 
 
-class ContinuousBernoulliLikelihood(nn.Module):
+class ContinuousBernoulliLikelihood(_Likelihood):
     """Continuous Bernoulli p(x|z) with the decoder's output as logits: a
     proper density of grey levels in [0, 1]."""
 
@@ -232,12 +248,7 @@ class VAE(nn.Module):
         """
         mu, logvar = self.encode(x)
         z = elbo.reparameterize(mu, logvar, eps)
-        loc = self.decode(z)
-        log_px = self.likelihood.log_prob(x, loc)
-        # Average the K samples one element at a time: a reduction over the
-        # leading axis may be vectorised across rows, which would make a
-        # row's last bits depend on its position in the batch.
-        reconstruction_nll = -sum(log_px.unbind(0)) / log_px.shape[0]
+        reconstruction_nll = self.likelihood.expected_nll(x, self.decode(z))
         return reconstruction_nll, elbo.kl_standard_normal(mu, logvar)
 
     def importance_weighted_elbo(self, x):

@@ -191,14 +191,25 @@ class _TopScores:
     def __init__(self, size):
         self.size, self._heap = size, []
 
-    def add(self, scores, rows, identities):
-        for score, row, identity in zip(scores, rows, identities):
+    def add(self, scores, rows, identity):
+        """Offer rows with their ``scores`` and ``rows`` numbers;
+        ``identity(i)`` builds the dict naming the ``i``-th row, asked only
+        for rows that enter the top."""
+        if not self.size:
+            return
+        candidates = np.arange(len(scores))
+        if len(scores) > self.size:
+            # Only a chunk's own top rows can enter; ties at the cut are
+            # kept so the earlier row still wins among equal scores.
+            cut = np.partition(scores, len(scores) - self.size)[len(scores) - self.size]
+            candidates = np.flatnonzero(scores >= cut)
+        for i in candidates:
             # Ties keep the earlier row: a lower row number ranks higher.
-            item = (float(score), -int(row), identity)
+            key = (float(scores[i]), -int(rows[i]))
             if len(self._heap) < self.size:
-                heapq.heappush(self._heap, item)
-            elif self.size and item[:2] > self._heap[0][:2]:
-                heapq.heapreplace(self._heap, item)
+                heapq.heappush(self._heap, (*key, identity(i)))
+            elif key > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, (*key, identity(i)))
 
     def result(self):
         ranked = sorted(self._heap, key=lambda item: item[:2], reverse=True)
@@ -321,12 +332,12 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
               only_anomalies=only_anomalies, before=before, after=after)
         header = False
         if valid.any():
-            rows = chunk.index.to_numpy()[valid] + 1
-            identities = (
-                [{c: _json_value(chunk[c].iloc[i]) for c in id_columns} for i in np.flatnonzero(valid)] if id_columns
-                else [{"row": int(r)} for r in rows]
-            )
-            top.add(scores[valid], rows, identities)
+            positions = np.flatnonzero(valid)
+            rows = chunk.index.to_numpy()[positions] + 1
+            top.add(scores[valid], rows, lambda i: (
+                {c: _json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
+                else {"row": int(rows[i])}
+            ))
             batch_scores.append(scores[valid])
     stream.flush()
     summary["top_anomalies"] = top.result()

@@ -382,6 +382,24 @@ def test_installed_script_end_to_end(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith(("Usage:", "Error:"))
 
 
+def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
+    # The scoring-only model skips scikit-learn's import time and memory;
+    # the scores are the library's (see test_persistence).
+    args = ["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q"]
+    code = (
+        "import sys\nfrom anomvae.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str})
+    frame = pd.read_csv(NEW, dtype={"record_id": str})
+    detector = anomvae.load(model)
+    expected = -detector.score_samples(frame[list(detector.feature_names_in_)])
+    np.testing.assert_array_equal(out["anomaly_score"].to_numpy(), expected)
+
+
 @pytest.mark.parametrize("args", [["--help"], ["info", "MODEL"], ["fit", "--help"], ["score", "--help"]])
 def test_help_and_info_do_not_import_torch(model, args):
     args = [str(model) if a == "MODEL" else a for a in args]

@@ -136,6 +136,18 @@ def test_global_random_generators_untouched(inliers):
 # ------------------------------------------------------------- training
 
 
+def test_monitoring_runs_only_when_something_uses_it(inliers):
+    common = dict(max_epochs=3, kl_warmup=0, validation_fraction=0.0, random_state=0)
+    unmonitored = quiet_fit(VAEAnomalyDetector(n_iter_no_change=None, **common), inliers)
+    assert np.isnan(unmonitored.history_["val_loss"]).all()
+    assert np.isfinite(unmonitored.history_["train_loss"]).all()
+    # Early stopping without a validation split watches the training rows.
+    watched = quiet_fit(VAEAnomalyDetector(n_iter_no_change=5, **common), inliers)
+    assert np.isfinite(watched.history_["val_loss"]).all()
+    # The monitor pass does not touch the weights' training.
+    np.testing.assert_array_equal(unmonitored.history_["train_loss"], watched.history_["train_loss"])
+
+
 def test_history_records_every_epoch(fitted):
     history = fitted.history_
     assert set(history) == {

@@ -144,3 +144,15 @@ def test_continuous_bernoulli_is_a_density():
     for logit in (-8.0, -0.3, 0.0, 2.0):
         density = torch.exp(elbo.continuous_bernoulli_log_prob(x, torch.full_like(x, logit)))
         assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gaussian_expected_nll_averages_the_draws(gen):
+    x = torch.randn(50, 7, generator=gen, dtype=torch.float64)
+    means = torch.randn(5, 50, 7, generator=gen, dtype=torch.float64)
+    logvar = torch.randn(7, generator=gen, dtype=torch.float64)
+    expected = -elbo.gaussian_log_prob(x, means, logvar).mean(0)
+    torch.testing.assert_close(elbo.gaussian_expected_nll(x, means, logvar), expected, rtol=1e-12, atol=1e-12)
+    # One draw: exactly the negative log-density.
+    torch.testing.assert_close(
+        elbo.gaussian_expected_nll(x, means[:1], logvar), -elbo.gaussian_log_prob(x, means[0], logvar)
+    )

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import anomvae
-from anomvae.persistence import FORMAT_VERSION, ModelFileError, read_metadata
+from anomvae.persistence import FORMAT_VERSION, ModelFileError, load_for_scoring, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,22 @@ def test_round_trip_gives_identical_scores(fitted, model_path, test_set):
     np.testing.assert_array_equal(loaded.transform(X), fitted.transform(X))
     assert loaded.get_params() == fitted.get_params()
     assert loaded.threshold_ == fitted.threshold_ and loaded.history_ == fitted.history_
+
+
+def test_scoring_only_load_gives_the_same_bits(fitted, model_path, test_set, tmp_path):
+    X, _ = test_set
+    scorer = load_for_scoring(model_path)
+    np.testing.assert_array_equal(scorer.score_samples(X), fitted.score_samples(X))
+    assert scorer.threshold_ == fitted.threshold_ and scorer.offset_ == fitted.offset_
+    assert scorer.reference_scores_ is None
+    calibrated = anomvae.load(model_path).calibrate(X[:100], fpr=0.05)
+    anomvae.save(calibrated, tmp_path / "c.anomvae")
+    scorer = load_for_scoring(tmp_path / "c.anomvae")
+    anomaly = -scorer.score_samples(X)
+    np.testing.assert_array_equal(scorer._p_values_of_scores(anomaly), calibrated.p_values(X))
+    assert scorer.threshold_ == calibrated.threshold_
+    with pytest.raises(ValueError, match="8 features"):
+        scorer.score_samples(X[:, :3])
 
 
 def test_round_trip_keeps_feature_names(inliers, tmp_path):
