@@ -40,7 +40,8 @@ def gaussian_expected_nll(x, means, logvar):
     the other rows.
     """
     squares = (x - means).square()
-    mean_square = sum(squares.unbind(0)) / squares.shape[0]
+    # One draw (every training step) needs no averaging.
+    mean_square = squares[0] if squares.shape[0] == 1 else sum(squares.unbind(0)) / squares.shape[0]
     return 0.5 * (LOG_2PI + logvar + mean_square * torch.exp(-logvar))
 
 
