@@ -45,7 +45,12 @@ def _csv_cells(values):
         return cells
     if values.dtype.kind in "iub":
         return values.astype(str).tolist()
-    return ["" if v is None or v != v else _quote(str(v)) for v in values.tolist()]
+    cells = ["" if v is None or v != v else str(v) for v in values.tolist()]
+    # Columns such as is_anomaly hold a few distinct values: check those
+    # for characters that need quoting instead of every cell.
+    if any(_NEEDS_QUOTES.search(text) for text in set(cells)):
+        cells = [_quote(text) for text in cells]
+    return cells
 
 
 def _write(frame, stream, fmt, header):
