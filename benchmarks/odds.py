@@ -11,7 +11,8 @@ their default parameters.
 
     python benchmarks/odds.py                      # full run, writes docs/benchmarks.md
     python benchmarks/odds.py --quick              # smoke run on a tiny subset
-    python benchmarks/odds.py --models anomvae --params '{"n_score_samples": 32}' --no-docs
+    python benchmarks/odds.py --models anomvae --params '{"n_score_samples": 32}' --no-docs \
+        --csv /tmp/variant.csv --compare benchmarks/results/odds.csv   # a variant against stored peers
 
 Results: a CSV of raw rows (``--csv``, default benchmarks/results/odds.csv)
 and, unless ``--no-docs``, the summary table between the markers in
@@ -156,6 +157,9 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (timings are then not comparable)")
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "odds.csv")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--compare", type=Path, help="earlier results CSV: its rows for models not run now "
+                        "(same datasets and seeds) join the summary, so a variant is ranked against peers "
+                        "without rerunning them")
     args = parser.parse_args(argv)
 
     paths = sorted(args.data.glob("*.npz"))
@@ -188,6 +192,11 @@ def main(argv=None):
     results = pd.DataFrame(rows)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.csv, index=False)
+    if args.compare:
+        earlier = pd.read_csv(args.compare)
+        earlier = earlier[~earlier.model.isin(models) & earlier.dataset.isin(results.dataset)
+                          & earlier.seed.isin(results.seed)]
+        results = pd.concat([results, earlier], ignore_index=True)
     table = summarize(results)
     print(table)
     if not args.no_docs:

@@ -25,6 +25,16 @@ def test_odds_benchmark_runs(tmp_path):
     table = odds.summarize(results)
     assert "mean ROC-AUC" in table and "mean rank" in table
 
+    # A variant run alone, ranked against the peers' stored rows.
+    variant = odds.main([
+        "--quick", "--datasets", "wine", "--seeds", "1", "--models", "anomvae", "--params", '{"lr": 0.01}',
+        "--csv", str(tmp_path / "variant.csv"), "--no-docs", "--compare", str(tmp_path / "odds.csv"),
+    ])
+    assert sorted(variant["model"]) == ["anomvae", "iforest"]  # glass and the old anomvae row left out
+    assert (variant["dataset"] == "wine").all()
+    assert variant.loc[variant.model == "iforest", "roc_auc"].item() == results.loc[
+        (results.model == "iforest") & (results.dataset == "wine"), "roc_auc"].item()
+
 
 def test_odds_split_follows_the_protocol():
     import numpy as np
