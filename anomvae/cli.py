@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -85,7 +86,7 @@ ESTIMATOR_OPTIONS = [
     ("kl_warmup", int, 10, "Epochs over which the KL weight ramps up."),
     ("max_epochs", int, 400, "Maximum number of epochs."),
     ("batch_size", _AutoOr(int, {"auto": "auto"}), "auto", "Rows per optimisation step; auto = "
-     "clip(training rows // 16, 16, 128)."),
+     "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
@@ -135,7 +136,8 @@ class _EpochProgress(logging.Handler):
     def emit(self, record):
         epoch = getattr(record, "anomvae_epoch", None)
         if epoch is not None:
-            self.bar.label = f"epoch {epoch['epoch']} loss {epoch['train_loss']:.3f} val {epoch['val_loss']:.3f}"
+            val = "" if math.isnan(epoch["val_loss"]) else f" val {epoch['val_loss']:.3f}"
+            self.bar.label = f"epoch {epoch['epoch']} loss {epoch['train_loss']:.3f}{val}"
             self.bar.update(1)
 
 
@@ -567,7 +569,9 @@ def info(model, as_json):
             "epochs": fitted.get("n_epochs_"),
             "best_epoch": fitted.get("best_epoch_"),
             "final_train_loss": (history.get("train_loss") or [None])[-1],
-            "best_val_loss": min(history.get("val_loss") or [float("nan")]),
+            # None when nothing was monitored (no validation split, no early stopping).
+            "best_val_loss": min((v for v in history.get("val_loss") or [] if v is not None and v == v),
+                                 default=None),
         },
     }
     if as_json:
@@ -596,7 +600,10 @@ def info(model, as_json):
         ),
         f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
         f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}; "
-        f"final train loss {training['final_train_loss']:.4f}, best validation loss {training['best_val_loss']:.4f}",
+        f"final train loss {training['final_train_loss']:.4f}, " + (
+            f"best validation loss {training['best_val_loss']:.4f}" if training["best_val_loss"] is not None
+            else "no validation loss monitored"
+        ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
         "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]

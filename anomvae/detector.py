@@ -14,8 +14,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import fitted as inference
 from .elbo import negative_elbo
-from .fitted import FittedVAE, check_domain
+from .fitted import check_domain
 from .model import DEFAULT_MIN_VARIANCE, build_vae
 
 logger = logging.getLogger("anomvae")
@@ -44,9 +45,10 @@ def _adam(parameters, **options):
 
 
 def _auto_batch_size(n_train):
-    """Rows per step for ``batch_size="auto"``: 128, but on small data
-    smaller batches, down to 16, so that an epoch holds about 16 steps
-    and early stopping watches a model that has had time to learn."""
+    """Rows per step for ``batch_size="auto"``: 128 from 2,048 training
+    rows on; below that ``n_train // 16`` (at least 16), so that small data
+    still gets 16 steps per epoch (from 256 rows; 5 to 15 below) and early
+    stopping watches a model that has had time to learn."""
     return int(np.clip(n_train // 16, 16, 128))
 
 
@@ -115,7 +117,7 @@ def _auto_latent_dim(n_features, image_shape=None):
     return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
 
 
-class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
+class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     """Anomaly detection with a variational autoencoder.
 
     A VAE is trained on ``X`` to maximise the evidence lower bound (ELBO) of
@@ -167,7 +169,8 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
         Rows per optimisation step. ``"auto"`` uses
         ``clip(n_train // 16, 16, 128)`` where ``n_train`` is the number of
         training rows after the validation split: 128 from 2,048 rows on,
-        smaller on small data so that an epoch still holds about 16 steps.
+        smaller on small data so that an epoch holds 16 steps (from 256
+        rows; fewer below, as batches stay at 16 rows or more).
         Data with fewer rows than a batch form one batch.
     lr : float, default=3e-3
         Learning rate of the Adam optimiser.
@@ -175,7 +178,8 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
         L2 penalty of the Adam optimiser.
     validation_fraction : float, default=0.1
         Fraction of ``X`` held out to monitor early stopping. When it holds
-        no row, the training loss is monitored instead.
+        no row, early stopping monitors the training rows instead (and with
+        ``n_iter_no_change=None`` as well, nothing is monitored).
     n_iter_no_change : int or None, default=20
         Training stops once the monitored negative ELBO has not improved by
         more than ``tol`` for this many epochs after the warm-up, and the
@@ -476,7 +480,8 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
         for epoch in range(1, self.max_epochs + 1):
             beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
             module.train()
-            sums = torch.zeros(3, device=device)
+            # float64 sums (MPS has none): float32 would lose digits over many rows.
+            sums = torch.zeros(3, device=device, dtype=torch.float32 if torch.device(device).type == "mps" else torch.float64)
             for rows in torch.randperm(n_train, generator=shuffle_gen).split(batch_size):
                 batch = X_train[rows.to(device)]
                 eps = torch.randn(
@@ -557,6 +562,24 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
 
     def _check_domain(self, X):
         check_domain(X, self.likelihood)
+
+    # Inference lives in anomvae.fitted, shared with the scoring-only model.
+
+    def _scale(self, X):
+        return inference.scale(self, X)
+
+    def _map_scaled(self, fn, X):
+        return inference.map_scaled(self, fn, X)
+
+    def _score_samples(self, X):
+        return inference.score_samples(self, X)
+
+    def _p_values_of_scores(self, anomaly_scores):
+        """P-values of anomaly scores (negative ELBO) already computed."""
+        return inference.p_values_of_scores(self, anomaly_scores)
+
+    def _restore_module(self, module_state):
+        return inference.restore_module(self, module_state)
 
     def _validate_input(self, X):
         check_is_fitted(self)
@@ -848,9 +871,11 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
             "threshold_": float(self.threshold_),
             "latent_dim_": int(self.latent_dim_),
             "image_shape_": None if self.image_shape_ is None else list(self.image_shape_),
-            "history_": self.history_,
+            # Epochs with nothing monitored hold NaN; JSON has no NaN.
+            "history_": {k: [None if v != v else v for v in values] for k, values in self.history_.items()},
             "n_epochs_": int(self.n_epochs_),
             "best_epoch_": int(self.best_epoch_),
+            "batch_size_": int(self.batch_size_),
             "device_": self.device_,
             "module_config": self._module_config,
         }
@@ -865,7 +890,7 @@ class VAEAnomalyDetector(FittedVAE, OutlierMixin, BaseEstimator):
             if isinstance(params.get(name), list):
                 params[name] = tuple(params[name])
         detector = cls(**params)
-        detector._set_fitted_state(fitted, weights)
+        inference.set_fitted_state(detector, fitted, weights)
         return detector
 
     # ------------------------------------------------------------ pickling

@@ -202,12 +202,14 @@ class _TopScores:
         for rows that enter the top."""
         if not self.size:
             return
-        candidates = np.arange(len(scores))
-        if len(scores) > self.size:
+        scores = np.asarray(scores, dtype=np.float64)
+        candidates = np.flatnonzero(~np.isnan(scores))
+        if len(candidates) > self.size:
             # Only a chunk's own top rows can enter; ties at the cut are
             # kept so the earlier row still wins among equal scores.
-            cut = np.partition(scores, len(scores) - self.size)[len(scores) - self.size]
-            candidates = np.flatnonzero(scores >= cut)
+            kept = scores[candidates]
+            cut = np.partition(kept, len(kept) - self.size)[len(kept) - self.size]
+            candidates = candidates[kept >= cut]
         for i in candidates:
             # Ties keep the earlier row: a lower row number ranks higher.
             key = (float(scores[i]), -int(rows[i]))
@@ -322,6 +324,23 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         valid = ~invalid
         if valid.any():
             scores[valid] = -detector.score_samples(pd.DataFrame(X[valid], columns=features))
+            unscorable = valid & np.isnan(scores)
+            if unscorable.any():
+                # Finite values too large for the float32 network (about
+                # 3e38 once standardised) come out as NaN scores.
+                problem = "its anomaly score is NaN: a value too large for the model's float32 network"
+                if not mark_invalid:
+                    lines = chunk.index[unscorable] + 2
+                    raise readers.DataError(
+                        f"{name}: {len(lines)} row(s) cannot be scored, line(s) "
+                        f"{', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''}: {problem}; "
+                        "fix them or pass --invalid-rows mark"
+                    )
+                reason_of = dict(zip(np.flatnonzero(invalid), reasons))
+                reason_of.update((i, problem) for i in np.flatnonzero(unscorable))
+                invalid = invalid | unscorable
+                valid = ~invalid
+                reasons = [reason_of[i] for i in np.flatnonzero(invalid)]
         flagged = valid & (scores > threshold)
         before, after = {}, {}
         if calibrated:

@@ -169,6 +169,10 @@ def main(argv=None):
         parser.error(f"no datasets found in {args.data}")
     models = args.models or available_models()
     params = json.loads(args.params)
+    if args.compare:
+        if args.compare.resolve() == args.csv.resolve():
+            parser.error("--compare names the file --csv would overwrite; give --csv another path")
+        earlier = pd.read_csv(args.compare)
     if args.quick:
         params = {"max_epochs": 3, **params}
     tasks = [(p, s, m) for p in paths for s in range(args.seeds) for m in models]
@@ -190,12 +194,12 @@ def main(argv=None):
             print(f"{r['dataset']:12s} seed {r['seed']} {r['model']:9s} ROC-AUC {r['roc_auc']:.3f} "
                   f"AP {r['ap']:.3f} fit {r['fit_s']:.1f}s", file=sys.stderr)
     results = pd.DataFrame(rows)
+    if args.compare:
+        earlier = earlier[~earlier.model.isin(models) & earlier.dataset.isin(results.dataset)
+                          & earlier.seed.isin(results.seed)]
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.csv, index=False)
     if args.compare:
-        earlier = pd.read_csv(args.compare)
-        earlier = earlier[~earlier.model.isin(models) & earlier.dataset.isin(results.dataset)
-                          & earlier.seed.isin(results.seed)]
         results = pd.concat([results, earlier], ignore_index=True)
     table = summarize(results)
     print(table)

@@ -52,7 +52,7 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         detector = VAEAnomalyDetector(
-            architecture="conv", image_shape=(1, 8, 8), likelihood="bernoulli", batch_size=32, random_state=0,
+            architecture="conv", image_shape=(1, 8, 8), likelihood="bernoulli", random_state=0,
         ).fit(images[train])
 
     test = np.r_[held_out, others]

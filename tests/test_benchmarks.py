@@ -34,6 +34,12 @@ def test_odds_benchmark_runs(tmp_path):
     assert (variant["dataset"] == "wine").all()
     assert variant.loc[variant.model == "iforest", "roc_auc"].item() == results.loc[
         (results.model == "iforest") & (results.dataset == "wine"), "roc_auc"].item()
+    # Comparing against the file the run would overwrite is refused, file intact.
+    before = (tmp_path / "odds.csv").read_bytes()
+    with pytest.raises(SystemExit):
+        odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs",
+                   "--csv", str(tmp_path / "odds.csv"), "--compare", str(tmp_path / "odds.csv")])
+    assert (tmp_path / "odds.csv").read_bytes() == before
 
 
 def test_odds_split_follows_the_protocol():

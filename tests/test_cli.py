@@ -393,8 +393,8 @@ def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str})
-    frame = pd.read_csv(NEW, dtype={"record_id": str})
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str}, float_precision="round_trip")
+    frame = pd.read_csv(NEW, dtype={"record_id": str}, float_precision="round_trip")
     detector = anomvae.load(model)
     expected = -detector.score_samples(frame[list(detector.feature_names_in_)])
     np.testing.assert_array_equal(out["anomaly_score"].to_numpy(), expected)

@@ -148,6 +148,34 @@ def test_monitoring_runs_only_when_something_uses_it(inliers):
     np.testing.assert_array_equal(unmonitored.history_["train_loss"], watched.history_["train_loss"])
 
 
+@pytest.mark.parametrize("n_rows, expected", [(90, 16), (500, 28), (3000, 128)])
+def test_auto_batch_size_follows_the_training_rows(n_rows, expected):
+    X = np.random.default_rng(0).normal(size=(n_rows, 3))
+    detector = quiet_fit(VAEAnomalyDetector(max_epochs=1, random_state=0), X)
+    n_train = n_rows - int(0.1 * n_rows)
+    assert detector.batch_size_ == expected == min(128, max(16, n_train // 16))
+    fixed = quiet_fit(VAEAnomalyDetector(batch_size=50, max_epochs=1, random_state=0), X)
+    assert fixed.batch_size_ == 50
+
+
+def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
+    from anomvae import detector as module
+
+    real = torch.optim.Adam
+    calls = []
+
+    def adam(params, **options):
+        calls.append(options)
+        if options.get("fused"):
+            raise RuntimeError("fused=True requires all the params to be on a supported device")
+        return real(params, **options)
+
+    monkeypatch.setattr(module.torch.optim, "Adam", adam)
+    optimiser = module._adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.0)
+    assert isinstance(optimiser, real) and optimiser.defaults["foreach"] is True
+    assert [c.get("fused") for c in calls] == [True, None]
+
+
 def test_history_records_every_epoch(fitted):
     history = fitted.history_
     assert set(history) == {

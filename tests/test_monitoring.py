@@ -14,7 +14,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 import anomvae
 from anomvae import VAEAnomalyDetector
 from anomvae.detector import _subsample_sorted
-from anomvae.scoring import explain, score_csv, score_shift
+from anomvae.scoring import _TopScores, explain, score_csv, score_shift
 from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
@@ -199,6 +199,71 @@ def test_summary_top_anomalies_match_a_full_sort(detector, tmp_path):
     assert summary["rows"] == summary["rows_scored"] == 237
     assert summary["anomalies"] == int(np.sum(scores > detector.threshold_))
     assert summary["score_shift"]["baseline"] == "training"
+
+
+def _top_rows(chunks, size):
+    top, start = _TopScores(size), 0
+    for scores in chunks:
+        scores = np.asarray(scores, dtype=float)
+        rows = np.arange(start, start + len(scores)) + 1
+        top.add(scores, rows, lambda i, rows=rows: {"row": int(rows[i])})
+        start += len(scores)
+    return [(t["row"], t["anomaly_score"]) for t in top.result()]
+
+
+def _reference_top(chunks, size):
+    scores = np.concatenate([np.asarray(c, dtype=float) for c in chunks])
+    order = [i for i in np.argsort(-scores, kind="stable") if not np.isnan(scores[i])][:size]
+    return [(int(i) + 1, float(scores[i])) for i in order]
+
+
+@pytest.mark.parametrize("chunks, size", [
+    ([[5, 1, 5, 5, 2, 5], [5, 9, 5]], 3),          # ties straddle the cut, within and across chunks
+    ([[3, 1], [2, 8, 0, 8, 8], [1]], 4),           # chunks shorter than the top size
+    ([[np.nan, 4, np.nan, 7], [np.nan] * 5 + [6, 1]], 3),   # NaN never enters, nor blocks others
+    ([[np.nan] * 4, [2, 3]], 2),
+    ([[1, 2, 3]], 0),
+])
+def test_top_scores_keep_the_highest_and_earliest(chunks, size):
+    assert _top_rows(chunks, size) == _reference_top(chunks, size)
+
+
+def test_rows_whose_score_is_nan_are_named_or_marked(detector, tmp_path, monkeypatch):
+    from anomvae.data import DataError
+
+    X = draw(40, seed=21)
+    path = tmp_path / "batch.csv"
+    X.to_csv(path, index=False)
+    real = detector.score_samples
+
+    def nan_for_row_3(frame):
+        scores = real(frame)
+        scores[3] = np.nan
+        return scores
+
+    monkeypatch.setattr(detector, "score_samples", nan_for_row_3)
+    with pytest.raises(DataError, match=r"1 row\(s\) cannot be scored, line\(s\) 5: .*NaN"):
+        score_csv(detector, str(path), io.StringIO(), chunk_size=100)
+    out = io.StringIO()
+    summary = score_csv(detector, str(path), out, chunk_size=100, mark_invalid=True)
+    table = pd.read_csv(io.StringIO(out.getvalue()))
+    assert len(table) == 40 and summary["rows_not_scored"] == 1 and summary["rows_scored"] == 39
+    assert table.loc[3, "status"].startswith("not scored: its anomaly score is NaN")
+    assert np.isnan(table.loc[3, "anomaly_score"]) and np.isnan(table.loc[3, "is_anomaly"])
+    assert (table.drop(index=3)["status"] == "scored").all()
+
+
+def test_id_values_that_need_quoting_survive_the_csv_output(detector, tmp_path):
+    X = draw(6, seed=22)
+    ids = ["plain", "a,b", 'say "hi"', "two\nlines", "", "x"]
+    frame = X.assign(name=ids)
+    path = tmp_path / "batch.csv"
+    frame.to_csv(path, index=False)
+    out = io.StringIO()
+    score_csv(detector, str(path), out, id_columns=["name"], chunk_size=4)
+    table = pd.read_csv(io.StringIO(out.getvalue()), dtype={"name": str}, keep_default_na=False)
+    assert list(table["name"]) == ids
+    assert len(table) == 6
 
 
 def test_score_shift_flags_a_shifted_batch_only(detector):
