@@ -22,7 +22,7 @@ from .model import build_vae, conv_plan
 # many rows share its call and where numpy placed them; with every call the
 # same shape and alignment a row's score is bit-for-bit the same in any batch.
 _MIN_CHUNK_ROWS = 16
-_MAX_CHUNK_ROWS = 1024
+_MAX_CHUNK_ROWS = 2048
 # Target number of floats in one chunk's widest activation tensor.
 _CHUNK_BUDGET = 1 << 20
 
