@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -46,3 +48,16 @@ def fitted(inliers):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return VAEAnomalyDetector(max_epochs=60, batch_size=32, lr=3e-3, random_state=0).fit(inliers)
+
+
+def assert_runs_without(args, module):
+    """Run ``anomvae ARGS`` in a fresh interpreter: it succeeds without
+    ever importing ``module``."""
+    code = (
+        "import sys\nfrom anomvae.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        f"assert {module!r} not in sys.modules, '{module} was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result

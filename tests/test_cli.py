@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import anomvae
 from anomvae import cli
 from anomvae.detector import VAEAnomalyDetector
+from conftest import assert_runs_without
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 TRAIN = EXAMPLES / "cardio_train.csv"
@@ -385,14 +386,7 @@ def test_installed_script_end_to_end(tmp_path):
 def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
     # The scoring-only model skips scikit-learn's import time and memory;
     # the scores are the library's (see test_persistence).
-    args = ["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q"]
-    code = (
-        "import sys\nfrom anomvae.cli import main\n"
-        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert_runs_without(["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q"], "sklearn")
     out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str}, float_precision="round_trip")
     frame = pd.read_csv(NEW, dtype={"record_id": str}, float_precision="round_trip")
     detector = anomvae.load(model)
@@ -402,11 +396,4 @@ def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
 
 @pytest.mark.parametrize("args", [["--help"], ["info", "MODEL"], ["fit", "--help"], ["score", "--help"]])
 def test_help_and_info_do_not_import_torch(model, args):
-    args = [str(model) if a == "MODEL" else a for a in args]
-    code = (
-        "import sys\nfrom anomvae.cli import main\n"
-        f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert_runs_without([str(model) if a == "MODEL" else a for a in args], "torch")

@@ -2,8 +2,6 @@
 
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,6 +12,7 @@ from sklearn.datasets import load_digits
 import anomvae
 from anomvae.persistence import read_metadata
 
+from conftest import assert_runs_without
 from test_cli import TRAIN, assert_input_error, invoke
 
 QUICK = ["--max-epochs", "3", "--random-state", "0"]
@@ -174,14 +173,7 @@ def test_info_of_a_resized_rgb_model(tmp_path):
 @pytest.mark.parametrize("flags, shown", [([], "score resizes every image to 8x8"),
                                           (["--json"], '"image_size": [\n    8,\n    8\n  ]')])
 def test_info_of_an_image_model_does_not_import_torch(image_model, flags, shown):
-    code = (
-        "import sys\nfrom anomvae.cli import main\n"
-        f"try:\n    main({['info', str(image_model), *flags]!r})\nexcept SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result = assert_runs_without(["info", str(image_model), *flags], "torch")
     assert shown in result.stdout
 
 
