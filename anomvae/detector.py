@@ -21,6 +21,7 @@ from .model import DEFAULT_MIN_VARIANCE, build_vae
 
 logger = logging.getLogger("anomvae")
 
+
 def _resolve_device(device):
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -470,6 +471,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         batch_size = _auto_batch_size(n_train) if self.batch_size == "auto" else self.batch_size
         self.batch_size_ = int(batch_size)
         optimizer = _adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # Loss sums in float64 (MPS has none): float32 would lose digits over many rows.
+        sum_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
 
         history = {key: [] for key in (
             "epoch", "beta", "train_loss", "train_reconstruction", "train_kl",
@@ -480,8 +483,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         for epoch in range(1, self.max_epochs + 1):
             beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
             module.train()
-            # float64 sums (MPS has none): float32 would lose digits over many rows.
-            sums = torch.zeros(3, device=device, dtype=torch.float32 if torch.device(device).type == "mps" else torch.float64)
+            sums = torch.zeros(3, device=device, dtype=sum_dtype)
             for rows in torch.randperm(n_train, generator=shuffle_gen).split(batch_size):
                 batch = X_train[rows.to(device)]
                 eps = torch.randn(
