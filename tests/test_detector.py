@@ -158,6 +158,19 @@ def test_auto_batch_size_follows_the_training_rows(n_rows, expected):
     assert fixed.batch_size_ == 50
 
 
+def test_trained_parameters_own_their_memory(fitted, inliers):
+    # Training runs on one flat tensor; afterwards each parameter is its own
+    # tensor again, with no gradient left behind, also when training fails.
+    params = list(fitted.module_.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
+    assert all(p.grad is None for p in params)
+    diverging = VAEAnomalyDetector(max_epochs=3, lr=1e30, random_state=0)
+    with pytest.raises(ValueError, match="diverged"):
+        quiet_fit(diverging, inliers)
+    params = list(diverging.module_.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
+
+
 def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
     from anomvae import detector as module
 
