@@ -445,8 +445,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         raise click.UsageError("--heatmaps applies to image models only")
     if image_model and (explain_top or summary_json):
         raise click.UsageError("--explain and --summary-json apply to tabular models only")
-    # Plain CSV scoring needs only the network: skip importing scikit-learn.
-    detector, metadata = _load_model(model, scoring_only=not (image_model or explain_top))
+    # Scores alone need only the network: skip importing scikit-learn.
+    detector, metadata = _load_model(model, scoring_only=not (heatmaps or explain_top))
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold
@@ -461,6 +461,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                 detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size or 10_000,
                 delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
                 explain_top=explain_top, summary_top=summary_top,
+                # Only the stderr warning and the JSON summary read the shift test.
+                shift_test=bool(summary_json) or not quiet,
             )
     if summary_json:
         with atomic_output(summary_json) as stream:

@@ -251,7 +251,8 @@ def read_reference_csv(detector, path, *, delimiter=",", skip_invalid=False, chu
 
 
 def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
-              delimiter=",", mark_invalid=False, only_anomalies=False, explain_top=0, summary_top=10):
+              delimiter=",", mark_invalid=False, only_anomalies=False, explain_top=0, summary_top=10,
+              shift_test=True):
     """Score a CSV file chunk by chunk and write one result row per input row.
 
     Parameters
@@ -284,6 +285,10 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
         CSV; empty (null) for other rows.
     summary_top : int, default=10
         How many of the highest-scoring rows the summary lists.
+    shift_test : bool, default=True
+        Compare the batch's scores with the model's baseline (see
+        :func:`score_shift`); False skips the test, and the memory of one
+        float per row it needs, and leaves ``score_shift`` None.
 
     Returns
     -------
@@ -299,7 +304,7 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
     When the detector is calibrated a ``p_value`` column follows
     ``anomaly_score`` (see :meth:`~anomvae.VAEAnomalyDetector.p_values`).
     Memory stays bounded by ``chunk_size`` except for one float per scored
-    row, kept for the shift test.
+    row, kept for the shift test when ``shift_test`` is True.
     """
     features = _feature_names(detector)
     id_columns = list(id_columns)
@@ -362,10 +367,13 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
                 {c: _json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
                 else {"row": int(rows[i])}
             ))
-            batch_scores.append(scores[valid])
+            if shift_test:
+                batch_scores.append(scores[valid])
     stream.flush()
     summary["top_anomalies"] = top.result()
-    summary["score_shift"] = score_shift(detector, np.concatenate(batch_scores) if batch_scores else [])
+    summary["score_shift"] = (
+        score_shift(detector, np.concatenate(batch_scores) if batch_scores else []) if shift_test else None
+    )
     return summary
 
 

@@ -66,7 +66,7 @@ def test_fit_image_size_and_explicit_options(tmp_path, new_images):
 def test_score_writes_one_row_per_image(image_model, new_images):
     result = invoke("score", image_model, new_images)
     assert result.exit_code == 0, result.output
-    frame = pd.read_csv(io.StringIO(result.stdout))
+    frame = pd.read_csv(io.StringIO(result.stdout), float_precision="round_trip")
     assert list(frame.columns) == ["path", "anomaly_score", "is_anomaly"]
     assert len(frame) == 8 and frame["path"].str.endswith(".png").all()
     detector = anomvae.load(image_model)
@@ -76,6 +76,11 @@ def test_score_writes_one_row_per_image(image_model, new_images):
     assert list(frame["path"]) == paths
     np.testing.assert_array_equal(frame["anomaly_score"], -detector.score_samples(X))
     assert "8 images" in result.stderr
+
+
+def test_scoring_images_without_heatmaps_does_not_import_scikit_learn(image_model, new_images, tmp_path):
+    assert_runs_without(["score", str(image_model), str(new_images), "-o", str(tmp_path / "s.csv"), "-q"], "sklearn")
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 8
 
 
 def test_score_options_as_for_csv(image_model, new_images, tmp_path):

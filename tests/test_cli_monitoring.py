@@ -161,6 +161,19 @@ def test_shift_is_reported_and_warned(files, tmp_path):
     assert result.stderr.startswith("warning: the anomaly scores of ")
     quiet = invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-q")
     assert quiet.stderr == ""
+    # Quiet with a summary still runs the test; quiet alone has no reader for it.
+    invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-q", "--summary-json", target)
+    assert json.loads(target.read_text())["score_shift"]["shifted"]
+
+
+def test_quiet_scoring_skips_the_unread_shift_test(files, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a: calls.append(a))
+    (tmp_path / "batch.csv").write_text(draw(20, seed=6).assign(id="x").to_csv(index=False))
+    assert invoke("score", files / "plain.anomvae", tmp_path / "batch.csv", "-q").exit_code == 0
+    assert calls == []
+    assert invoke("score", files / "plain.anomvae", tmp_path / "batch.csv").exit_code == 0
+    assert len(calls) == 1
 
 
 def test_failed_score_writes_no_summary(files, tmp_path):
