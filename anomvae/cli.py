@@ -87,6 +87,8 @@ ESTIMATOR_OPTIONS = [
     ("max_epochs", int, 400, "Maximum number of epochs."),
     ("batch_size", _AutoOr(int, {"auto": "auto"}), "auto", "Rows per optimisation step; auto = "
      "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
+    ("trim_fraction", float, 0.03, "Share of each batch's highest-loss rows left out of each step "
+     "after the KL warm-up; 0 keeps all."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),

@@ -205,6 +205,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         smaller on small data so that an epoch holds 16 steps (from 256
         rows; fewer below, as batches stay at 16 rows or more).
         Data with fewer rows than a batch form one batch.
+    trim_fraction : float, default=0.03
+        After the KL warm-up, each optimisation step leaves out this
+        fraction of its batch: the rows with the highest loss (the
+        ``floor(trim_fraction * batch)`` worst, so batches under 34 rows
+        lose none at 0.03). Anomalies in the training data then pull less
+        on the model. Validation and scores always use every row. 0 trains
+        on every row.
     lr : float, default=3e-3
         Learning rate of the Adam optimiser.
     weight_decay : float, default=0.0
@@ -287,7 +294,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         threshold comes from ``contamination``.
     history_ : dict of list
         Per-epoch ``epoch``, ``beta``, ``train_loss`` (the weighted training
-        objective), ``train_reconstruction``, ``train_kl``, and for the
+        objective, over the rows each step kept; see ``trim_fraction``),
+        ``train_reconstruction`` and ``train_kl`` (over every row), and for the
         monitored data ``val_loss`` (negative ELBO with ``beta``),
         ``val_reconstruction`` and ``val_kl``; all in nats per row.
     n_epochs_ : int
@@ -342,6 +350,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "kl_warmup": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "trim_fraction": [Interval(Real, 0, 0.5, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -368,6 +377,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         kl_warmup=10,
         max_epochs=400,
         batch_size="auto",
+        trim_fraction=0.03,
         lr=3e-3,
         weight_decay=0.0,
         validation_fraction=0.1,
@@ -390,6 +400,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.kl_warmup = kl_warmup
         self.max_epochs = max_epochs
         self.batch_size = batch_size
+        self.trim_fraction = trim_fraction
         self.lr = lr
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
@@ -516,6 +527,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         try:
             for epoch in range(1, self.max_epochs + 1):
                 beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
+                warming_up = self.kl_warmup and epoch < self.kl_warmup
                 module.train()
                 sums = torch.zeros(3, device=device, dtype=sum_dtype)
                 for rows in torch.randperm(n_train, generator=shuffle_gen).split(batch_size):
@@ -525,7 +537,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     )
                     reconstruction, kl = module(batch, eps)
                     reconstruction, kl = reconstruction.sum(-1), kl.sum(-1)
-                    loss = negative_elbo(reconstruction, kl, beta).mean()
+                    per_row = negative_elbo(reconstruction, kl, beta)
+                    n_kept = per_row.shape[0] - int(self.trim_fraction * per_row.shape[0])
+                    if n_kept < per_row.shape[0] and epoch > self.kl_warmup:
+                        # The n_kept lowest losses; ties at the cut stay in.
+                        cut = per_row.detach().kthvalue(n_kept).values
+                        loss = per_row[per_row <= cut].mean()
+                    else:
+                        loss = per_row.mean()
                     flat.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -554,7 +573,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     history[key].append(float(value) if key != "epoch" else value)
                 self._report_epoch(history, epoch)
 
-                warming_up = self.kl_warmup and epoch < self.kl_warmup
                 if warming_up or self.n_iter_no_change is None:
                     continue
                 # Patience runs out after n_iter_no_change epochs without an
