@@ -171,6 +171,29 @@ def test_trained_parameters_own_their_memory(fitted, inliers):
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
 
 
+def test_trimming_leaves_out_each_batchs_worst_rows_after_warm_up(inliers):
+    common = dict(max_epochs=8, kl_warmup=3, n_iter_no_change=None, batch_size=100, random_state=0)
+    trimmed = quiet_fit(VAEAnomalyDetector(trim_fraction=0.1, **common), inliers).history_
+    # The objective is the mean over the kept rows: during the warm-up it is
+    # the mean over every row; after it, the 10% worst rows are left out.
+    everyone = np.add(trimmed["train_reconstruction"], np.multiply(trimmed["beta"], trimmed["train_kl"]))
+    np.testing.assert_allclose(trimmed["train_loss"][:3], everyone[:3], rtol=1e-5)
+    assert all(t < e - 0.01 * abs(e) for t, e in zip(trimmed["train_loss"][3:], everyone[3:]))
+    untrimmed = quiet_fit(VAEAnomalyDetector(trim_fraction=0.0, **common), inliers).history_
+    np.testing.assert_allclose(
+        untrimmed["train_loss"],
+        np.add(untrimmed["train_reconstruction"], np.multiply(untrimmed["beta"], untrimmed["train_kl"])),
+        rtol=1e-5,
+    )
+
+
+def test_batches_too_small_to_trim_train_on_every_row(inliers):
+    common = dict(max_epochs=3, kl_warmup=1, batch_size=33, random_state=0)
+    a = quiet_fit(VAEAnomalyDetector(trim_fraction=0.03, **common), inliers)
+    b = quiet_fit(VAEAnomalyDetector(trim_fraction=0.0, **common), inliers)
+    assert a.history_["train_loss"] == b.history_["train_loss"]
+
+
 def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
     from anomvae import detector as module
 
@@ -424,6 +447,8 @@ def test_cuda_training_matches_the_contract(inliers, test_set):
         ({"contamination": 0.7}, "contamination"),
         ({"likelihood": "poisson"}, "likelihood"),
         ({"lr": 0.0}, "lr"),
+        ({"trim_fraction": 0.5}, "trim_fraction"),
+        ({"batch_size": "large"}, "batch_size"),
     ],
 )
 def test_bad_parameters_are_named(inliers, params, message):
