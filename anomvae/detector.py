@@ -527,7 +527,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         try:
             for epoch in range(1, self.max_epochs + 1):
                 beta = self.beta * min(1.0, epoch / self.kl_warmup) if self.kl_warmup else self.beta
-                warming_up = self.kl_warmup and epoch < self.kl_warmup
                 module.train()
                 sums = torch.zeros(3, device=device, dtype=sum_dtype)
                 for rows in torch.randperm(n_train, generator=shuffle_gen).split(batch_size):
@@ -573,6 +572,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     history[key].append(float(value) if key != "epoch" else value)
                 self._report_epoch(history, epoch)
 
+                warming_up = self.kl_warmup and epoch < self.kl_warmup
                 if warming_up or self.n_iter_no_change is None:
                     continue
                 # Patience runs out after n_iter_no_change epochs without an

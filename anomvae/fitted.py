@@ -47,9 +47,11 @@ def check_domain(X, likelihood):
 def scale(model, X):
     return ((X - model.center_) / model.scale_).astype(np.float32)
 
+
 def chunk_rows(model, width):
     per_row = max(1, model.module_.score_noise.shape[0] * width)
     return int(np.clip(_CHUNK_BUDGET // per_row, _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS))
+
 
 def map_scaled(model, fn, X):
     """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
@@ -80,6 +82,7 @@ def map_scaled(model, fn, X):
     merged = tuple(np.concatenate(parts) for parts in zip(*outputs))
     return merged if len(merged) > 1 else merged[0]
 
+
 def score_samples(model, X):
     # Change of variables from the scaled features back to the data's units.
     log_jacobian = -np.log(model.scale_).sum()
@@ -88,11 +91,13 @@ def score_samples(model, X):
     reconstruction, kl = map_scaled(model, model.module_.score_terms, scale(model, X))
     return -(reconstruction + kl) + log_jacobian
 
+
 def p_values_of_scores(model, anomaly_scores):
     """P-values of anomaly scores (negative ELBO) already computed."""
     reference = model.reference_scores_
     n_at_or_above = reference.size - np.searchsorted(reference, anomaly_scores, side="left")
     return (1 + n_at_or_above) / (reference.size + 1)
+
 
 def set_fitted_state(model, fitted, weights):
     """Restore onto ``model`` the fitted attributes that
@@ -118,6 +123,7 @@ def set_fitted_state(model, fitted, weights):
     for name, value in fitted.items():
         setattr(model, name, value)
     model.module_ = restore_module(model, weights)
+
 
 def restore_module(model, module_state):
     device = model.device_
@@ -154,7 +160,8 @@ class ScoringModel:
             missing = [n for n in names if n not in X.columns]
             if missing:
                 raise ValueError(f"X lacks the feature column(s) {', '.join(map(repr, missing))}")
-            X = X[list(names)]
+            if list(X.columns) != list(names):
+                X = X[list(names)]
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_ or not len(X):
             raise ValueError(
