@@ -156,3 +156,25 @@ def test_gaussian_expected_nll_averages_the_draws(gen):
     torch.testing.assert_close(
         elbo.gaussian_expected_nll(x, means[:1], logvar), -elbo.gaussian_log_prob(x, means[0], logvar)
     )
+
+
+def test_a_far_out_row_left_out_of_the_loss_leaves_gradients_finite():
+    # A row far outside the training data drives the encoder's
+    # log-variance up; unbounded, exp(logvar) overflows, and although the
+    # trimmed loss gives that row zero weight, backpropagation computes
+    # 0 * inf = NaN for every parameter.
+    torch.manual_seed(0)
+    vae = build_vae({"architecture": "mlp", "n_features": 3, "hidden_dims": [8], "latent_dim": 2,
+                     "likelihood": "gaussian"})
+    with torch.no_grad():
+        vae.encoder.logvar.weight.fill_(1.0)
+        vae.encoder.logvar.bias.zero_()
+    x = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.1, -0.1], [1e3, 1e3, 1e3]])
+    assert vae.encoder.logvar(vae.encoder.body(x))[2].min() > 200  # would overflow exp in float32
+    reconstruction, kl = vae(x, torch.zeros(1, 3, 2))
+    per_row = reconstruction.sum(-1) + kl.sum(-1)
+    kept = per_row <= per_row.detach().kthvalue(2).values
+    assert kept.tolist() == [True, True, False]
+    per_row[kept].mean().backward()
+    for name, p in vae.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
