@@ -13,6 +13,10 @@ their default parameters.
     python benchmarks/odds.py --quick              # smoke run on a tiny subset
     python benchmarks/odds.py --models anomvae --params '{"n_score_samples": 32}' --no-docs \
         --csv /tmp/variant.csv --compare benchmarks/results/odds.csv   # a variant against stored peers
+    python benchmarks/odds.py --models anomvae --seed-offset 1 --no-docs \
+        --csv /tmp/seed1.csv --compare benchmarks/results/odds.csv     # the defaults with other network seeds
+    python benchmarks/odds.py --models anomvae --members 2 --no-docs \
+        --csv /tmp/pair.csv --compare benchmarks/results/odds.csv      # mean score of two seeds' fits
 
 Results: a CSV of raw rows (``--csv``, default benchmarks/results/odds.csv)
 and, unless ``--no-docs``, the summary table between the markers in
@@ -55,12 +59,40 @@ def split(X, y, seed, cap=CAP):
     return X_train, X_test, y_train, y_test
 
 
-def make_detector(name, seed, params):
-    """A fresh detector and a function turning it into anomaly scores."""
+class SeedAverage:
+    """anomvae fitted with several ``random_state`` values; the score is the
+    members' mean negative ELBO.  Used to measure how much the results move
+    with the network's seed, and what averaging over seeds buys."""
+
+    def __init__(self, detectors):
+        self.detectors = detectors
+
+    def fit(self, X):
+        for detector in self.detectors:
+            detector.fit(X)
+        return self
+
+    def score_samples(self, X):
+        return np.mean([detector.score_samples(X) for detector in self.detectors], axis=0)
+
+    @property
+    def n_epochs_(self):
+        return sum(detector.n_epochs_ for detector in self.detectors)
+
+
+def make_detector(name, seed, params, members=1, seed_offset=0):
+    """A fresh detector and a function turning it into anomaly scores.
+
+    anomvae's ``random_state`` is ``seed + 100 * seed_offset``; with
+    ``members`` > 1 it is a :class:`SeedAverage` of the fits with offsets
+    ``seed_offset`` to ``seed_offset + members - 1``.
+    """
     if name == "anomvae":
         from anomvae import VAEAnomalyDetector
 
-        det = VAEAnomalyDetector(random_state=seed, **params)
+        detectors = [VAEAnomalyDetector(random_state=seed + 100 * (seed_offset + m), **params)
+                     for m in range(members)]
+        det = detectors[0] if members == 1 else SeedAverage(detectors)
         return det, lambda d, X: -d.score_samples(X)
     if name == "iforest":
         from sklearn.ensemble import IsolationForest
@@ -90,11 +122,11 @@ def available_models():
     return models
 
 
-def run_one(path, seed, model, params, quick):
+def run_one(path, seed, model, params, quick, members=1, seed_offset=0):
     data = np.load(path)
     X, y = data["X"].astype(np.float64), data["y"].astype(int)
     X_train, X_test, y_train, y_test = split(X, y, seed, cap=400 if quick else CAP)
-    detector, scorer = make_detector(model, seed, params)
+    detector, scorer = make_detector(model, seed, params, members, seed_offset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
@@ -153,6 +185,10 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", help="models to run (default: all available)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--params", default="{}", help="JSON of VAEAnomalyDetector parameters")
+    parser.add_argument("--members", type=int, default=1,
+                        help="average anomvae's negative ELBO over this many fits with different random_state")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="anomvae's random_state is the split seed + 100 x this (to measure seed variance)")
     parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
     parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (timings are then not comparable)")
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "odds.csv")
@@ -169,6 +205,8 @@ def main(argv=None):
         parser.error(f"no datasets found in {args.data}")
     models = args.models or available_models()
     params = json.loads(args.params)
+    if args.members < 1 or args.seed_offset < 0:
+        parser.error("--members must be at least 1 and --seed-offset at least 0")
     if args.compare:
         if args.compare.resolve() == args.csv.resolve():
             parser.error("--compare names the file --csv would overwrite; give --csv another path")
@@ -183,13 +221,13 @@ def main(argv=None):
             import torch
 
             torch.set_num_threads(1)
-            return run_one(*task, params, args.quick)
+            return run_one(*task, params, args.quick, args.members, args.seed_offset)
 
         rows = Parallel(n_jobs=args.jobs)(delayed(job)(*t) for t in tasks)
     else:
         rows = []
         for task in tasks:
-            rows.append(run_one(*task, params, args.quick))
+            rows.append(run_one(*task, params, args.quick, args.members, args.seed_offset))
             r = rows[-1]
             print(f"{r['dataset']:12s} seed {r['seed']} {r['model']:9s} ROC-AUC {r['roc_auc']:.3f} "
                   f"AP {r['ap']:.3f} fit {r['fit_s']:.1f}s", file=sys.stderr)

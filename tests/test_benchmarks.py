@@ -53,7 +53,24 @@ def test_odds_split_follows_the_protocol():
     assert not set(map(tuple, X_train)) & set(map(tuple, X_test))
 
 
+def test_odds_seed_average_is_the_mean_of_its_members_scores():
+    import numpy as np
+    from anomvae import VAEAnomalyDetector
+
+    X = np.random.RandomState(0).normal(size=(120, 3))
+    params = {"max_epochs": 2, "n_iter_no_change": None, "validation_fraction": 0.0}
+    average, scorer = odds.make_detector("anomvae", 1, params, members=2, seed_offset=1)
+    assert [d.random_state for d in average.detectors] == [101, 201]
+    singles = [VAEAnomalyDetector(random_state=r, **params).fit(X) for r in (101, 201)]
+    expected = -(singles[0].score_samples(X) + singles[1].score_samples(X)) / 2
+    np.testing.assert_allclose(scorer(average.fit(X), X), expected, rtol=1e-12)
+    assert average.n_epochs_ == 4
+    single, _ = odds.make_detector("anomvae", 1, params, seed_offset=2)
+    assert single.random_state == 201
+
+
 def test_speed_benchmark_runs():
     pyod_rows, bound, cli = speed.main(["--quick"])
     assert pyod_rows["anomvae"]["rows_per_s"] > 0 and bound["bound_rows_per_s"] > 0
     assert cli["anomvae score"]["wall_s"] > 0 and cli["read_csv"]["rss_mb"] > 0
+    assert cli["read and write only"]["wall_s"] > 0
