@@ -198,6 +198,14 @@ def main(argv=None):
                         "without rerunning them")
     args = parser.parse_args(argv)
 
+    if args.members < 1 or args.seed_offset < 0:
+        parser.error("--members must be at least 1 and --seed-offset at least 0")
+    if (args.members, args.seed_offset) != (1, 0) and (
+            not args.no_docs or args.csv.resolve() == parser.get_default("csv").resolve()):
+        # Their rows are labelled anomvae like the defaults' rows: keep them
+        # out of the table and the CSV that report the defaults.
+        parser.error("--members and --seed-offset need --no-docs and a --csv of their own")
+
     paths = sorted(args.data.glob("*.npz"))
     if args.datasets:
         paths = [p for p in paths if p.stem in args.datasets]
@@ -205,8 +213,6 @@ def main(argv=None):
         parser.error(f"no datasets found in {args.data}")
     models = args.models or available_models()
     params = json.loads(args.params)
-    if args.members < 1 or args.seed_offset < 0:
-        parser.error("--members must be at least 1 and --seed-offset at least 0")
     if args.compare:
         if args.compare.resolve() == args.csv.resolve():
             parser.error("--compare names the file --csv would overwrite; give --csv another path")

@@ -69,6 +69,13 @@ def test_odds_seed_average_is_the_mean_of_its_members_scores():
     assert single.random_state == 201
 
 
+@pytest.mark.parametrize("extra", [["--members", "2"], ["--seed-offset", "1", "--no-docs"]])
+def test_odds_keeps_seed_studies_out_of_the_defaults_report(extra, capsys):
+    with pytest.raises(SystemExit):
+        odds.main(["--models", "anomvae", *extra])
+    assert "need --no-docs and a --csv of their own" in capsys.readouterr().err
+
+
 def test_speed_benchmark_runs():
     pyod_rows, bound, cli = speed.main(["--quick"])
     assert pyod_rows["anomvae"]["rows_per_s"] > 0 and bound["bound_rows_per_s"] > 0
