@@ -18,13 +18,14 @@ from . import elbo
 # likelihood of a near-constant feature grows without bound during training.
 DEFAULT_MIN_VARIANCE = 1e-3
 
-# Range of the log-variance of q(z|x).  Wide enough never to bind on
-# ordinary rows (the prior's log-variance is 0), it keeps exp(logvar)
-# finite for rows far outside the training data.  Without it such a row's
-# KL term overflows to inf, and even when the trimmed loss leaves that row
-# out, backpropagation multiplies its zero weight by inf and the parameters
-# become NaN.
-LOGVAR_RANGE = (-30.0, 20.0)
+# Upper bound on the log-variance of q(z|x).  Far above what ordinary rows
+# need (the prior's log-variance is 0), it keeps exp(logvar) finite for
+# rows far outside the training data.  Without it such a row's KL term
+# overflows to inf, and even when the trimmed loss leaves that row out,
+# backpropagation multiplies its zero weight by inf and the parameters
+# become NaN.  Very negative values need no bound: exp goes to 0, and no
+# term divides by the posterior's variance.
+LOGVAR_MAX = 20.0
 
 
 def _mlp(sizes):
@@ -47,7 +48,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         h = self.body(x)
-        return self.mu(h), self.logvar(h).clamp(*LOGVAR_RANGE)
+        return self.mu(h), self.logvar(h).clamp(max=LOGVAR_MAX)
 
 
 class MLPDecoder(nn.Module):
