@@ -141,6 +141,26 @@ def _resolve_image_shape(image_shape, n_features):
     return tuple(int(v) for v in shape)
 
 
+def _grid_variance_floor(X, scale):
+    """Per-feature variance floor for the Gaussian likelihood, in scaled units.
+
+    A feature recorded on a grid of step ``h`` (counts, ratings, pixel
+    levels) carries no information finer than ``h``; spreading each value
+    uniformly over its grid cell has variance ``h**2 / 12``, and a learned
+    variance below that would reward precision the data does not have.
+    ``h`` is the smallest positive gap between sorted training values.
+    Continuous features have tiny gaps and keep ``DEFAULT_MIN_VARIANCE``,
+    as do constant ones, which have no gap.
+    """
+    ordered = np.sort(np.asarray(X, dtype=np.float64), axis=0)
+    gaps = np.diff(ordered, axis=0)
+    del ordered
+    gaps[gaps <= 0] = np.inf
+    step = gaps.min(axis=0) if gaps.shape[0] else np.full(X.shape[1], np.inf)
+    step = np.where(np.isfinite(step), step / scale, 0.0)
+    return np.maximum(DEFAULT_MIN_VARIANCE, step**2 / 12.0)
+
+
 def _auto_latent_dim(n_features, image_shape=None):
     if image_shape is not None:
         # Neighbouring pixels are strongly correlated, so images need fewer
@@ -171,11 +191,23 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     likelihood : {"gaussian", "bernoulli", "continuous_bernoulli"}, \
             default="gaussian"
         Observation model p(x|z). ``"gaussian"``: the decoder gives each
-        feature's mean and a per-feature variance is learned, with a floor of
-        ``1e-3`` in standardised units so that the likelihood stays bounded.
+        feature's mean and a per-feature variance is learned, bounded below
+        by ``min_variance`` so that the likelihood stays bounded.
         ``"bernoulli"``: the decoder gives logits; ``X`` must lie in [0, 1].
         ``"continuous_bernoulli"``: the Bernoulli with its normalising
         constant, a proper density on [0, 1] (suited to grey levels).
+    min_variance : float or "auto", default="auto"
+        Floor of the Gaussian likelihood's learned variances, in the units
+        the network sees (standardised features by default). A float is one
+        floor for every feature. ``"auto"`` gives each feature the larger of
+        ``1e-3`` and ``step**2 / 12``, where ``step`` is the smallest gap
+        between two distinct training values of the feature (after
+        scaling): the variance of a uniform spread over one step of the grid
+        the values are recorded on. Counts, ratings and pixel levels then
+        cannot claim more precision than their grid holds, which keeps
+        almost-constant discrete features from dominating the score;
+        continuous features keep the ``1e-3`` floor. Ignored by the other
+        likelihoods.
     architecture : {"mlp", "conv"}, default="mlp"
         ``"mlp"``: dense encoder and decoder. ``"conv"``: each row holds the
         pixels of an image of shape ``image_shape`` (flattened row-major, as
@@ -267,6 +299,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         The trained VAE.
     latent_dim_ : int
         Latent size used (``latent_dim`` with ``"auto"`` resolved).
+    min_variance_ : ndarray of shape (n_features_in_,) or None
+        Per-feature variance floor of the Gaussian likelihood, in the
+        network's units (``min_variance`` resolved); ``None`` for the other
+        likelihoods.
     image_shape_ : tuple of 3 int or None
         ``image_shape`` with any -1 resolved, for ``architecture="conv"``;
         ``prod(image_shape_) == n_features_in_``.
@@ -344,6 +380,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "latent_dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "hidden_dims": [tuple, list],
         "likelihood": [StrOptions({"gaussian", "bernoulli", "continuous_bernoulli"})],
+        "min_variance": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "architecture": [StrOptions({"mlp", "conv"})],
         "image_shape": [tuple, list, None],
         "beta": [Interval(Real, 0, None, closed="left")],
@@ -371,6 +408,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         latent_dim="auto",
         hidden_dims=(64, 32),
         likelihood="gaussian",
+        min_variance="auto",
         architecture="mlp",
         image_shape=None,
         beta=1.0,
@@ -394,6 +432,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
         self.likelihood = likelihood
+        self.min_variance = min_variance
         self.architecture = architecture
         self.image_shape = image_shape
         self.beta = beta
@@ -460,6 +499,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.center_ = np.zeros(n_features)
             self.scale_ = np.ones(n_features)
 
+        if self.likelihood != "gaussian":
+            self.min_variance_ = None
+        elif self.min_variance == "auto":
+            self.min_variance_ = _grid_variance_floor(X, self.scale_)
+        else:
+            self.min_variance_ = np.full(n_features, float(self.min_variance))
         self.latent_dim_ = (
             _auto_latent_dim(n_features, self.image_shape_) if self.latent_dim == "auto" else int(self.latent_dim)
         )
@@ -469,9 +514,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             "hidden_dims": [int(h) for h in hidden_dims],
             "latent_dim": self.latent_dim_,
             "likelihood": self.likelihood,
-            "min_variance": DEFAULT_MIN_VARIANCE,
             "n_score_samples": int(self.n_score_samples),
         }
+        if self.min_variance_ is not None:
+            self._module_config["min_variance"] = [float(v) for v in self.min_variance_]
         if conv:
             self._module_config["image_shape"] = list(self.image_shape_)
         seeds = rng.randint(np.iinfo(np.int32).max, size=3)
@@ -942,6 +988,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _from_fitted_state(cls, params, fitted, weights):
         """Rebuild a fitted detector from :meth:`_fitted_state`'s output."""
         params = dict(params)
+        # Files of format 1 predate the min_variance parameter; their one
+        # floor, stored in the network's configuration, is what was used.
+        floor = fitted["module_config"].get("min_variance")
+        if "min_variance" not in params and isinstance(floor, (int, float)):
+            params["min_variance"] = float(floor)
         for name in ("hidden_dims", "image_shape"):
             if isinstance(params.get(name), list):
                 params[name] = tuple(params[name])

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from .model import build_vae, conv_plan
+from .model import DEFAULT_MIN_VARIANCE, build_vae, conv_plan
 
 # Scoring runs the network on chunks of one fixed height per model, copied
 # into freshly allocated buffers and padded with zeros.  Matrix-multiply
@@ -109,6 +109,13 @@ def set_fitted_state(model, fitted, weights):
         model.feature_names_in_ = np.asarray(names, dtype=object)
     model.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
     model.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
+    # The variance floors live in the network's configuration: one value in
+    # files of format 1, one per feature since.
+    if model._module_config["likelihood"] == "gaussian":
+        floor = np.asarray(model._module_config.get("min_variance", DEFAULT_MIN_VARIANCE), dtype=np.float64)
+        model.min_variance_ = np.broadcast_to(floor, model.scale_.shape).copy()
+    else:
+        model.min_variance_ = None
     # Model files written before image models existed have no image_shape_.
     shape = fitted.pop("image_shape_", None)
     model.image_shape_ = None if shape is None else tuple(shape)

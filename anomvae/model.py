@@ -79,15 +79,24 @@ class _Likelihood(nn.Module):
 
 class GaussianLikelihood(_Likelihood):
     """Gaussian p(x|z) with the decoder's output as mean and a learned
-    per-feature variance bounded below by ``min_variance``."""
+    per-feature variance bounded below by ``min_variance`` (one float for
+    every feature, or one per feature)."""
 
     def __init__(self, n_features, min_variance=DEFAULT_MIN_VARIANCE):
         super().__init__()
-        self.min_variance = float(min_variance)
+        floor = torch.as_tensor(min_variance, dtype=torch.float64)
+        if floor.dim() == 0:
+            floor = floor.expand(n_features)
+        if floor.shape != (n_features,):
+            raise ValueError(f"min_variance holds {floor.numel()} values for {n_features} features")
+        # Not in the state_dict: the floors travel in the model's
+        # configuration, so files saved before they were per-feature load.
+        self.register_buffer("min_variance", floor.float(), persistent=False)
         # softplus(raw) + floor starts at a variance of about 1, the
-        # variance of a standardised feature.
-        start = math.log(math.expm1(max(1.0 - self.min_variance, 1e-6)))
-        self.raw_variance = nn.Parameter(torch.full((n_features,), start))
+        # variance of a standardised feature (or just above the floor, if
+        # that is above 1); computed in double precision, then rounded.
+        start = torch.log(torch.expm1((1.0 - floor).clamp(min=1e-6)))
+        self.raw_variance = nn.Parameter(start.float())
 
     def logvar(self):
         return torch.log(nn.functional.softplus(self.raw_variance) + self.min_variance)

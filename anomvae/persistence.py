@@ -1,6 +1,8 @@
 """Model files: one zip archive holding JSON metadata and the weights.
 
-Layout of a ``.anomvae`` file (format version 1)::
+Layout of a ``.anomvae`` file (format version 2; version 1 files, written
+before the Gaussian likelihood's variance floor became per-feature, load as
+well)::
 
     anomvae.json   format marker and version, anomvae version, estimator
                    parameters, fitted attributes (feature names, scaling,
@@ -26,7 +28,7 @@ from numbers import Integral
 from . import __version__
 
 FORMAT = "anomvae-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_NAME = "anomvae.json"
 WEIGHTS_NAME = "weights.pt"
 

@@ -139,7 +139,7 @@ def _text(path, tmp):
         (_flipped, "corrupted model file"),
         (_foreign_zip, "it has no anomvae.json"),
         (_foreign_json, "no 'anomvae-model' marker"),
-        (_newer, "model format 2; this anomvae .* reads format 1 at most. Upgrade anomvae"),
+        (_newer, f"model format {FORMAT_VERSION + 1}; this anomvae .* reads format {FORMAT_VERSION} at most. Upgrade anomvae"),
         (_bad_weights, "weights.pt cannot be read"),
         (_pickle_payload, "weights.pt cannot be read"),
         (_text, "not an anomvae model file"),

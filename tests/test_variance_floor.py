@@ -1,0 +1,136 @@
+"""The Gaussian likelihood's variance floor: ``min_variance`` and its
+per-feature ``"auto"`` rule (the variance of one step of a feature's grid)."""
+
+import json
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+import anomvae
+from anomvae import VAEAnomalyDetector
+from anomvae.detector import _grid_variance_floor
+from anomvae.model import DEFAULT_MIN_VARIANCE
+from anomvae.persistence import load_for_scoring
+
+from conftest import make_low_rank
+
+FAST = dict(max_epochs=60, batch_size=32, lr=3e-3, random_state=0)
+
+
+def quiet_fit(estimator, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X)
+
+
+def with_rare_count(n_samples, seed):
+    """Low-rank continuous rows plus a last feature that is a count, 1 in
+    about 2% of the rows and 0 in the rest."""
+    rng = np.random.RandomState(seed)
+    counts = (rng.rand(n_samples) < 0.02).astype(float)
+    return np.c_[make_low_rank(n_samples, seed=seed), counts]
+
+
+@pytest.fixture(scope="module")
+def train():
+    return with_rare_count(600, seed=0)
+
+
+@pytest.fixture(scope="module")
+def auto_fit(train):
+    return quiet_fit(VAEAnomalyDetector(**FAST), train)
+
+
+def test_grid_floor_is_a_grid_steps_variance_in_scaled_units():
+    rng = np.random.RandomState(0)
+    X = np.c_[
+        rng.randint(0, 5, size=200) * 2.0,  # values on a grid of step 2
+        rng.normal(size=200),  # continuous: gaps far below the floor
+        np.full(200, 7.0),  # constant: no gap at all
+    ]
+    scale = np.array([X[:, 0].std(), X[:, 1].std(), 1.0])
+    floor = _grid_variance_floor(X, scale)
+    assert floor[0] == pytest.approx((2.0 / scale[0]) ** 2 / 12)
+    assert floor[1] == DEFAULT_MIN_VARIANCE and floor[2] == DEFAULT_MIN_VARIANCE
+    # float32 input and a single row (no gaps) are handled.
+    np.testing.assert_allclose(_grid_variance_floor(X.astype(np.float32), scale), floor, rtol=1e-6)
+    np.testing.assert_array_equal(_grid_variance_floor(X[:1], scale), np.full(3, DEFAULT_MIN_VARIANCE))
+
+
+def test_auto_floors_bound_the_learned_variances(auto_fit, train):
+    counts = train[:, -1]
+    expected = (1.0 / counts.std()) ** 2 / 12
+    assert auto_fit.min_variance_.shape == (9,)
+    assert auto_fit.min_variance_[-1] == pytest.approx(expected)
+    np.testing.assert_array_equal(auto_fit.min_variance_[:-1], DEFAULT_MIN_VARIANCE)
+    learned = torch.exp(auto_fit.module_.likelihood.logvar()).detach().numpy()
+    assert np.all(learned >= auto_fit.min_variance_ * (1 - 1e-6))
+
+
+def test_a_float_floor_applies_to_every_feature(train):
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2}, min_variance=0.05), train)
+    np.testing.assert_array_equal(detector.min_variance_, np.full(9, 0.05))
+    learned = torch.exp(detector.module_.likelihood.logvar()).detach().numpy()
+    assert np.all(learned >= 0.05 * (1 - 1e-6))
+
+
+def test_other_likelihoods_have_no_floor():
+    X = np.random.RandomState(0).rand(100, 4)
+    detector = quiet_fit(VAEAnomalyDetector(likelihood="bernoulli", max_epochs=1, random_state=0), X)
+    assert detector.min_variance_ is None
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, "high"])
+def test_bad_floor_is_rejected(train, bad):
+    with pytest.raises(ValueError, match="min_variance"):
+        VAEAnomalyDetector(min_variance=bad).fit(train)
+
+
+def test_a_rare_count_does_not_dominate_the_score(auto_fit, train):
+    # Normal rows whose count is 1, as in 2% of the training rows: with the
+    # fixed 1e-3 floor the count's learned variance collapses and a single
+    # 1 costs them many nats; the grid floor keeps them near ordinary rows.
+    test = with_rare_count(300, seed=1)
+    test[:, -1] = 0.0
+    test[:20, -1] = 1.0
+    fixed = quiet_fit(VAEAnomalyDetector(**FAST, min_variance=1e-3), train)
+    auto_gap = np.median(-auto_fit.score_samples(test[:20])) - np.median(-auto_fit.score_samples(test[20:]))
+    fixed_gap = np.median(-fixed.score_samples(test[:20])) - np.median(-fixed.score_samples(test[20:]))
+    assert fixed_gap > auto_gap + 3.0
+
+
+def test_floors_survive_a_model_file(auto_fit, train, tmp_path):
+    path = tmp_path / "m.anomvae"
+    anomvae.save(auto_fit, path)
+    loaded = anomvae.load(path)
+    np.testing.assert_array_equal(loaded.min_variance_, auto_fit.min_variance_)
+    np.testing.assert_array_equal(loaded.score_samples(train), auto_fit.score_samples(train))
+    np.testing.assert_array_equal(load_for_scoring(path).score_samples(train), auto_fit.score_samples(train))
+
+
+def test_model_files_of_format_1_load_with_their_single_floor(tmp_path):
+    # Format 1 had no min_variance parameter and stored one floor, 1e-3, in
+    # the network's configuration. On continuous data "auto" gives 1e-3 for
+    # every feature, so a file rewritten to look like format 1 must score
+    # exactly as before.
+    X = make_low_rank(300)
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 5}), X)
+    assert np.all(detector.min_variance_ == DEFAULT_MIN_VARIANCE)
+    anomvae.save(detector, tmp_path / "new.anomvae")
+    with zipfile.ZipFile(tmp_path / "new.anomvae") as archive:
+        metadata = json.loads(archive.read("anomvae.json"))
+        weights = archive.read("weights.pt")
+    metadata["format_version"] = 1
+    del metadata["params"]["min_variance"]
+    metadata["fitted"]["module_config"]["min_variance"] = DEFAULT_MIN_VARIANCE
+    with zipfile.ZipFile(tmp_path / "old.anomvae", "w") as archive:
+        archive.writestr("anomvae.json", json.dumps(metadata))
+        archive.writestr("weights.pt", weights)
+    old = anomvae.load(tmp_path / "old.anomvae")
+    assert old.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
+    np.testing.assert_array_equal(old.min_variance_, detector.min_variance_)
+    np.testing.assert_array_equal(old.score_samples(X), detector.score_samples(X))
