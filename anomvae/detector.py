@@ -141,6 +141,9 @@ def _resolve_image_shape(image_shape, n_features):
     return tuple(int(v) for v in shape)
 
 
+_MAX_GRID_ROWS = 100_000
+
+
 def _grid_variance_floor(X, scale):
     """Per-feature variance floor for the Gaussian likelihood, in scaled units.
 
@@ -150,9 +153,14 @@ def _grid_variance_floor(X, scale):
     variance below that would reward precision the data does not have.
     ``h`` is the smallest positive gap between sorted training values.
     Continuous features have tiny gaps and keep ``DEFAULT_MIN_VARIANCE``,
-    as do constant ones, which have no gap.
+    as do constant ones, which have no gap.  Beyond
+    ``_MAX_GRID_ROWS`` rows, evenly spaced rows stand for the data, which
+    bounds the time and the memory of the sort.
     """
-    ordered = np.sort(np.asarray(X, dtype=np.float64), axis=0)
+    X = np.asarray(X)
+    if X.shape[0] > _MAX_GRID_ROWS:
+        X = X[:: -(-X.shape[0] // _MAX_GRID_ROWS)]
+    ordered = np.sort(X.astype(np.float64), axis=0)
     gaps = np.diff(ordered, axis=0)
     del ordered
     gaps[gaps <= 0] = np.inf

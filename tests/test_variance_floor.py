@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
+from anomvae import detector as detector_module
 from anomvae.detector import _grid_variance_floor
 from anomvae.model import DEFAULT_MIN_VARIANCE
 from anomvae.persistence import load_for_scoring
@@ -59,6 +60,18 @@ def test_grid_floor_is_a_grid_steps_variance_in_scaled_units():
     # float32 input and a single row (no gaps) are handled.
     np.testing.assert_allclose(_grid_variance_floor(X.astype(np.float32), scale), floor, rtol=1e-6)
     np.testing.assert_array_equal(_grid_variance_floor(X[:1], scale), np.full(3, DEFAULT_MIN_VARIANCE))
+
+
+def test_grid_floor_thins_long_data_to_evenly_spaced_rows(monkeypatch):
+    monkeypatch.setattr(detector_module, "_MAX_GRID_ROWS", 20)
+    X = np.c_[np.arange(200) % 7 * 3.0, np.linspace(0.0, 1.0, 200)]
+    scale = X.std(axis=0)
+    floor = _grid_variance_floor(X, scale)
+    # Every 10th row: the step of 3 is still there; the even grid of the
+    # second column thins to a step 10 times coarser (from a floor of 1e-3
+    # to one of 2.5e-3).
+    np.testing.assert_allclose(floor, [(3.0 / scale[0]) ** 2 / 12, (10 / 199 / scale[1]) ** 2 / 12])
+    assert floor[1] > 2 * DEFAULT_MIN_VARIANCE
 
 
 def test_auto_floors_bound_the_learned_variances(auto_fit, train):
