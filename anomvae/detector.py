@@ -141,9 +141,6 @@ def _resolve_image_shape(image_shape, n_features):
     return tuple(int(v) for v in shape)
 
 
-_MAX_GRID_ROWS = 100_000
-
-
 def _grid_variance_floor(X, scale):
     """Per-feature variance floor for the Gaussian likelihood, in scaled units.
 
@@ -153,19 +150,17 @@ def _grid_variance_floor(X, scale):
     variance below that would reward precision the data does not have.
     ``h`` is the smallest positive gap between sorted training values.
     Continuous features have tiny gaps and keep ``DEFAULT_MIN_VARIANCE``,
-    as do constant ones, which have no gap.  Beyond
-    ``_MAX_GRID_ROWS`` rows, evenly spaced rows stand for the data, which
-    bounds the time and the memory of the sort.
+    as do constant ones, which have no gap.  Every row counts (a value
+    seen once still marks the grid), and one column is sorted at a time,
+    so the extra memory is one column's.
     """
     X = np.asarray(X)
-    if X.shape[0] > _MAX_GRID_ROWS:
-        X = X[:: -(-X.shape[0] // _MAX_GRID_ROWS)]
-    ordered = np.sort(X.astype(np.float64), axis=0)
-    gaps = np.diff(ordered, axis=0)
-    del ordered
-    gaps[gaps <= 0] = np.inf
-    step = gaps.min(axis=0) if gaps.shape[0] else np.full(X.shape[1], np.inf)
-    step = np.where(np.isfinite(step), step / scale, 0.0)
+    step = np.zeros(X.shape[1])
+    for j in range(X.shape[1]):
+        gaps = np.diff(np.sort(X[:, j].astype(np.float64)))
+        gaps = gaps[gaps > 0]
+        if gaps.size:
+            step[j] = gaps.min() / scale[j]
     return np.maximum(DEFAULT_MIN_VARIANCE, step**2 / 12.0)
 
 
@@ -998,8 +993,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         params = dict(params)
         # Files of format 1 predate the min_variance parameter; their one
         # floor, stored in the network's configuration, is what was used.
-        floor = fitted["module_config"].get("min_variance")
-        if "min_variance" not in params and isinstance(floor, (int, float)):
+        config = fitted["module_config"]
+        floor = config.get("min_variance")
+        if "min_variance" not in params and config["likelihood"] == "gaussian" and isinstance(floor, (int, float)):
             params["min_variance"] = float(floor)
         for name in ("hidden_dims", "image_shape"):
             if isinstance(params.get(name), list):
@@ -1021,6 +1017,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def __setstate__(self, state):
         module_state = state.pop("_module_state", None)
+        if "min_variance" not in state:
+            # Pickled before min_variance existed, when every Gaussian
+            # feature had the floor DEFAULT_MIN_VARIANCE.
+            gaussian = state.get("likelihood") == "gaussian"
+            state["min_variance"] = DEFAULT_MIN_VARIANCE if gaussian else "auto"
+            config = state.get("_module_config")
+            if config is not None:
+                state["min_variance_"] = np.full(int(config["n_features"]), DEFAULT_MIN_VARIANCE) if gaussian else None
         super().__setstate__(state)
         if module_state is not None:
             self.module_ = self._restore_module(module_state)

@@ -82,7 +82,7 @@ def test_fit_options_reach_the_estimator(tmp_path):
     result = invoke(
         "fit", TRAIN, "-o", tmp_path / "m", "--columns", "LB,AC,FM", "--hidden-dims", "8,4",
         "--latent-dim", "2", "--contamination", "0.1", "--standardize", "false", "--n-iter-no-change",
-        "none", "--beta", "0.5", "--lr", "0.01", "--batch-size", "64", *QUICK,
+        "none", "--beta", "0.5", "--lr", "0.01", "--batch-size", "64", "--min-variance", "0.05", *QUICK,
     )
     assert result.exit_code == 0, result.output
     detector = anomvae.load(tmp_path / "m")
@@ -91,6 +91,7 @@ def test_fit_options_reach_the_estimator(tmp_path):
     assert params["hidden_dims"] == (8, 4) and params["latent_dim"] == 2
     assert params["contamination"] == 0.1 and params["standardize"] is False
     assert params["n_iter_no_change"] is None and params["beta"] == 0.5 and params["batch_size"] == 64
+    assert params["min_variance"] == 0.05 and np.all(detector.min_variance_ == 0.05)
 
 
 def test_fit_exclude(tmp_path):

@@ -2,17 +2,19 @@
 per-feature ``"auto"`` rule (the variance of one step of a feature's grid)."""
 
 import json
+import pickle
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae import detector as detector_module
 from anomvae.detector import _grid_variance_floor
 from anomvae.model import DEFAULT_MIN_VARIANCE
 from anomvae.persistence import load_for_scoring
@@ -62,16 +64,14 @@ def test_grid_floor_is_a_grid_steps_variance_in_scaled_units():
     np.testing.assert_array_equal(_grid_variance_floor(X[:1], scale), np.full(3, DEFAULT_MIN_VARIANCE))
 
 
-def test_grid_floor_thins_long_data_to_evenly_spaced_rows(monkeypatch):
-    monkeypatch.setattr(detector_module, "_MAX_GRID_ROWS", 20)
-    X = np.c_[np.arange(200) % 7 * 3.0, np.linspace(0.0, 1.0, 200)]
+def test_grid_floor_sees_a_value_that_occurs_once_in_long_data():
+    # A count that is 1 in one row of 150,001 and 0 elsewhere: the floor
+    # must come from every row, not a sample that could miss the 1.
+    X = np.zeros((150_001, 2))
+    X[123_457, 0] = 1.0
+    X[:, 1] = np.arange(150_001) % 10 == 3  # 1 on every tenth row
     scale = X.std(axis=0)
-    floor = _grid_variance_floor(X, scale)
-    # Every 10th row: the step of 3 is still there; the even grid of the
-    # second column thins to a step 10 times coarser (from a floor of 1e-3
-    # to one of 2.5e-3).
-    np.testing.assert_allclose(floor, [(3.0 / scale[0]) ** 2 / 12, (10 / 199 / scale[1]) ** 2 / 12])
-    assert floor[1] > 2 * DEFAULT_MIN_VARIANCE
+    np.testing.assert_allclose(_grid_variance_floor(X, scale), (1.0 / scale) ** 2 / 12)
 
 
 def test_auto_floors_bound_the_learned_variances(auto_fit, train):
@@ -116,6 +116,29 @@ def test_a_rare_count_does_not_dominate_the_score(auto_fit, train):
     assert fixed_gap > auto_gap + 3.0
 
 
+def test_floors_survive_pickling_and_clone(auto_fit, train):
+    copy = pickle.loads(pickle.dumps(auto_fit))
+    np.testing.assert_array_equal(copy.min_variance_, auto_fit.min_variance_)
+    np.testing.assert_array_equal(copy.score_samples(train), auto_fit.score_samples(train))
+    assert clone(auto_fit).get_params()["min_variance"] == "auto"
+
+
+def test_pickles_from_before_min_variance_keep_their_single_floor(train):
+    # Such pickles have neither the parameter nor min_variance_, and one
+    # floor, 1e-3, in the network's configuration.
+    X = make_low_rank(300)
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 5}), X)
+    state = detector.__getstate__()
+    del state["min_variance"], state["min_variance_"]
+    state["_module_config"]["min_variance"] = DEFAULT_MIN_VARIANCE
+    old = VAEAnomalyDetector.__new__(VAEAnomalyDetector)
+    old.__setstate__(state)
+    assert old.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
+    np.testing.assert_array_equal(old.min_variance_, np.full(8, DEFAULT_MIN_VARIANCE))
+    np.testing.assert_array_equal(old.score_samples(X), detector.score_samples(X))
+    assert clone(old).get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
+
+
 def test_floors_survive_a_model_file(auto_fit, train, tmp_path):
     path = tmp_path / "m.anomvae"
     anomvae.save(auto_fit, path)
@@ -147,3 +170,26 @@ def test_model_files_of_format_1_load_with_their_single_floor(tmp_path):
     assert old.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
     np.testing.assert_array_equal(old.min_variance_, detector.min_variance_)
     np.testing.assert_array_equal(old.score_samples(X), detector.score_samples(X))
+    np.testing.assert_array_equal(load_for_scoring(tmp_path / "old.anomvae").score_samples(X), detector.score_samples(X))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_model_files_written_by_format_1_anomvae_score_as_they_did(likelihood):
+    # Written by anomvae at commit ebd2c86 (model format 1), with the
+    # scores it gave; the Gaussian one has a feature on a grid of step 1,
+    # for which "auto" would now choose a floor above the file's 1e-3.
+    expected = np.load(DATA / "format1-expected.npz")
+    X = expected["X"] if likelihood == "gaussian" else expected["B"]
+    path = DATA / f"format1-{likelihood}.anomvae"
+    detector = anomvae.load(path)
+    np.testing.assert_array_equal(detector.score_samples(X), expected[f"{likelihood}_scores"])
+    np.testing.assert_array_equal(load_for_scoring(path).score_samples(X), expected[f"{likelihood}_scores"])
+    if likelihood == "gaussian":
+        assert detector.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
+        np.testing.assert_array_equal(detector.min_variance_, np.full(4, DEFAULT_MIN_VARIANCE))
+        assert _grid_variance_floor(X, detector.scale_)[0] > DEFAULT_MIN_VARIANCE
+    else:
+        assert detector.get_params()["min_variance"] == "auto" and detector.min_variance_ is None
