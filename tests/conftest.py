@@ -21,6 +21,13 @@ def make_low_rank(n_samples, n_features=8, rank=3, noise=0.1, seed=0, basis_seed
     return rng.normal(size=(n_samples, rank)) @ basis + noise * rng.normal(size=(n_samples, n_features))
 
 
+def quiet_fit(estimator, X):
+    """``estimator.fit(X)`` without the ConvergenceWarning of short test fits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X)
+
+
 @pytest.fixture(scope="session")
 def normal_rows():
     return make_low_rank(800)

@@ -20,15 +20,9 @@ from sklearn.preprocessing import StandardScaler
 
 from anomvae import VAEAnomalyDetector
 
-from conftest import make_low_rank
+from conftest import make_low_rank, quiet_fit
 
 FAST = dict(max_epochs=15, batch_size=32, lr=3e-3, random_state=0)
-
-
-def quiet_fit(estimator, X):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.fit(X)
 
 
 # ------------------------------------------------------------- detection

@@ -3,7 +3,6 @@ per-feature ``"auto"`` rule (the variance of one step of a feature's grid)."""
 
 import json
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
@@ -19,15 +17,9 @@ from anomvae.detector import _grid_variance_floor
 from anomvae.model import DEFAULT_MIN_VARIANCE
 from anomvae.persistence import load_for_scoring
 
-from conftest import make_low_rank
+from conftest import make_low_rank, quiet_fit
 
 FAST = dict(max_epochs=60, batch_size=32, lr=3e-3, random_state=0)
-
-
-def quiet_fit(estimator, X):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.fit(X)
 
 
 def with_rare_count(n_samples, seed):
