@@ -81,7 +81,8 @@ ESTIMATOR_OPTIONS = [
     ("likelihood", click.Choice(["gaussian", "bernoulli", "continuous_bernoulli"]), "gaussian",
      "Observation model p(x|z) [image fits: bernoulli unless given]."),
     ("min_variance", _AutoOr(float, {"auto": "auto"}), "auto", "Floor of the Gaussian likelihood's "
-     "variances (scaled units); auto = max(1e-3, step**2/12) per feature, step = its finest value gap."),
+     "variances, in the network's (by default standardised) units; auto = max(1e-3, step**2/12) per "
+     "feature, step = the smallest gap between its training values."),
     ("architecture", click.Choice(["mlp", "conv"]), "mlp", "Network: dense (mlp) or convolutional "
      "(conv) [image fits: conv unless given]."),
     ("beta", float, 1.0, "Weight of the KL term in training."),
