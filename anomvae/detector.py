@@ -1022,9 +1022,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             # feature had the floor DEFAULT_MIN_VARIANCE.
             gaussian = state.get("likelihood") == "gaussian"
             state["min_variance"] = DEFAULT_MIN_VARIANCE if gaussian else "auto"
-            config = state.get("_module_config")
-            if config is not None:
-                state["min_variance_"] = np.full(int(config["n_features"]), DEFAULT_MIN_VARIANCE) if gaussian else None
+            if "_module_config" in state:
+                state["min_variance_"] = inference.variance_floors(state["_module_config"])
         super().__setstate__(state)
         if module_state is not None:
             self.module_ = self._restore_module(module_state)

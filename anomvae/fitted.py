@@ -99,6 +99,16 @@ def p_values_of_scores(model, anomaly_scores):
     return (1 + n_at_or_above) / (reference.size + 1)
 
 
+def variance_floors(config):
+    """Per-feature variance floors of a network configuration (``None``
+    unless the likelihood is Gaussian).  Configurations written before the
+    floors were per-feature hold one value for every feature."""
+    if config["likelihood"] != "gaussian":
+        return None
+    floor = np.asarray(config.get("min_variance", DEFAULT_MIN_VARIANCE), dtype=np.float64)
+    return np.broadcast_to(floor, (int(config["n_features"]),)).copy()
+
+
 def set_fitted_state(model, fitted, weights):
     """Restore onto ``model`` the fitted attributes that
     ``VAEAnomalyDetector._fitted_state`` wrote."""
@@ -109,13 +119,7 @@ def set_fitted_state(model, fitted, weights):
         model.feature_names_in_ = np.asarray(names, dtype=object)
     model.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
     model.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
-    # The variance floors live in the network's configuration: one value in
-    # files of format 1, one per feature since.
-    if model._module_config["likelihood"] == "gaussian":
-        floor = np.asarray(model._module_config.get("min_variance", DEFAULT_MIN_VARIANCE), dtype=np.float64)
-        model.min_variance_ = np.broadcast_to(floor, model.scale_.shape).copy()
-    else:
-        model.min_variance_ = None
+    model.min_variance_ = variance_floors(model._module_config)
     # Model files written before image models existed have no image_shape_.
     shape = fitted.pop("image_shape_", None)
     model.image_shape_ = None if shape is None else tuple(shape)
