@@ -382,6 +382,7 @@ def _train_and_save(detector, X, output, extra, quiet):
 
 def read_model_kind(path):
     """``"images"`` for a model trained on images, else ``"csv"`` (no torch)."""
+    from .floors import variance_floors
     from .persistence import read_metadata
 
     return _model_kind(read_metadata(path))
@@ -541,6 +542,7 @@ def info(model, as_json):
     """Describe MODEL: version, input, network, features (for image models
     their shape, colour mode and the size score resizes images to),
     parameters, threshold, training."""
+    from .floors import variance_floors
     from .persistence import read_metadata
 
     metadata = read_metadata(model)
@@ -548,6 +550,7 @@ def info(model, as_json):
     history = fitted.get("history_", {})
     kind = _model_kind(metadata)
     shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
+    floors = variance_floors(fitted["module_config"])
     summary = {
         "file": model,
         "anomvae_version": metadata.get("anomvae_version"),
@@ -569,6 +572,8 @@ def info(model, as_json):
             {"fpr": fitted.get("calibration_fpr_"), "reference_rows": len(fitted["reference_scores_"])}
         ),
         "latent_dim": fitted.get("latent_dim_"),
+        # Per feature, in standardised units; None unless the likelihood is Gaussian.
+        "variance_floors": None if floors is None else floors.tolist(),
         "device": fitted.get("device_"),
         "params": metadata["params"],
         "training": {
@@ -612,9 +617,28 @@ def info(model, as_json):
             else "no validation loss monitored"
         ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
+        *([] if floors is None else [_floors_line(floors)]),
         "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]
     click.echo("\n".join(lines))
+
+
+def _floors_line(floors):
+    """The Gaussian likelihood's variance floors (standardised units) in a
+    line: the common one, and the range of those a value grid raised."""
+    from .floors import DEFAULT_MIN_VARIANCE
+
+    def span(values):
+        low, high = values.min(), values.max()
+        return f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
+
+    raised = floors[floors > DEFAULT_MIN_VARIANCE]
+    if raised.size in (0, floors.size):
+        return f"variance:   floor {span(floors)} on every feature (standardised units)"
+    return (
+        f"variance:   floor {DEFAULT_MIN_VARIANCE:g} on {floors.size - raised.size} features, "
+        f"{span(raised)} on {raised.size} (from their value grids; standardised units)"
+    )
 
 
 def _image_line(summary):

@@ -17,7 +17,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import fitted as inference
 from .elbo import negative_elbo
 from .fitted import check_domain
-from .model import DEFAULT_MIN_VARIANCE, build_vae
+from .floors import DEFAULT_MIN_VARIANCE
+from .model import build_vae
 
 logger = logging.getLogger("anomvae")
 

@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 import torch
 
-from .model import DEFAULT_MIN_VARIANCE, build_vae, conv_plan
+from .floors import variance_floors
+from .model import build_vae, conv_plan
 
 # Scoring runs the network on chunks of one fixed height per model, copied
 # into freshly allocated buffers and padded with zeros.  Matrix-multiply
@@ -97,16 +98,6 @@ def p_values_of_scores(model, anomaly_scores):
     reference = model.reference_scores_
     n_at_or_above = reference.size - np.searchsorted(reference, anomaly_scores, side="left")
     return (1 + n_at_or_above) / (reference.size + 1)
-
-
-def variance_floors(config):
-    """Per-feature variance floors of a network configuration (``None``
-    unless the likelihood is Gaussian).  Configurations written before the
-    floors were per-feature hold one value for every feature."""
-    if config["likelihood"] != "gaussian":
-        return None
-    floor = np.asarray(config.get("min_variance", DEFAULT_MIN_VARIANCE), dtype=np.float64)
-    return np.broadcast_to(floor, (int(config["n_features"]),)).copy()
 
 
 def set_fitted_state(model, fitted, weights):

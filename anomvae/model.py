@@ -12,11 +12,8 @@ import torch
 from torch import nn
 
 from . import elbo
+from .floors import DEFAULT_MIN_VARIANCE
 
-# Smallest variance (in the units the network sees, i.e. standardised
-# features by default) a Gaussian likelihood may learn.  Without a floor the
-# likelihood of a near-constant feature grows without bound during training.
-DEFAULT_MIN_VARIANCE = 1e-3
 
 # Upper bound on the log-variance of q(z|x).  Far above what ordinary rows
 # need (the prior's log-variance is 0), it keeps exp(logvar) finite for

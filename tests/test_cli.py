@@ -336,6 +336,33 @@ def test_info_text_and_json(model):
     assert data["input"] == "csv" and data["architecture"] == "mlp" and data["likelihood"] == "gaussian"
     assert data["image_shape"] is data["color"] is data["image_size"] is None
     assert "network:    mlp, gaussian likelihood" in text.stdout and "image:" not in text.stdout
+    # The variance floors the network uses, one per feature.
+    assert data["variance_floors"] == detector.min_variance_.tolist()
+    assert len(data["variance_floors"]) == 21
+
+
+@pytest.mark.parametrize("floors, line", [
+    ([1e-3, 1e-3, 1e-3], "floor 0.001 on every feature"),
+    ([0.05, 0.05], "floor 0.05 on every feature"),
+    ([1e-3, 0.0125, 1e-3, 0.25], "floor 0.001 on 2 features, 0.0125 to 0.25 on 2 (from their value grids"),
+    ([0.02, 0.5], "floor 0.02 to 0.5 on every feature"),
+])
+def test_info_sums_up_the_variance_floors(floors, line):
+    assert line in cli._floors_line(np.array(floors))
+
+
+def test_info_shows_grid_floors_of_discrete_features(tmp_path):
+    # Two continuous features and one count on a grid of step 1.
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame({"a": rng.randn(300), "b": rng.randn(300), "count": rng.poisson(2.0, 300)})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    result = invoke("fit", tmp_path / "train.csv", "-o", tmp_path / "m.anomvae", *QUICK)
+    assert result.exit_code == 0, result.output
+    floors = json.loads(invoke("info", tmp_path / "m.anomvae", "--json").stdout)["variance_floors"]
+    step = 1 / frame["count"].std(ddof=0)
+    assert floors[:2] == [1e-3, 1e-3] and floors[2] == pytest.approx(step**2 / 12)
+    text = invoke("info", tmp_path / "m.anomvae").stdout
+    assert f"variance:   floor 0.001 on 2 features, {step**2 / 12:.3g} on 1 (from their value grids" in text
 
 
 def test_progress_handler_advances_once_per_epoch(inliers):

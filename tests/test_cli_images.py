@@ -156,6 +156,8 @@ def test_info_shows_the_image_fields(image_model):
     data = json.loads(invoke("info", image_model, "--json").stdout)
     assert data["input"] == "images" and data["architecture"] == "conv" and data["likelihood"] == "bernoulli"
     assert data["image_shape"] == [1, 8, 8] and data["color"] == "grayscale" and data["image_size"] == [8, 8]
+    # A Bernoulli likelihood has no variance to floor.
+    assert data["variance_floors"] is None and "variance:" not in text.stdout
 
 
 def test_info_of_a_resized_rgb_model(tmp_path):
