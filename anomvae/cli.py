@@ -382,7 +382,6 @@ def _train_and_save(detector, X, output, extra, quiet):
 
 def read_model_kind(path):
     """``"images"`` for a model trained on images, else ``"csv"`` (no torch)."""
-    from .floors import variance_floors
     from .persistence import read_metadata
 
     return _model_kind(read_metadata(path))
@@ -393,9 +392,9 @@ def _model_kind(metadata):
 
 
 def _load_model(path, *, scoring_only=False):
-    from .persistence import load, load_for_scoring, read_metadata
+    from .persistence import load_with_metadata
 
-    return (load_for_scoring if scoring_only else load)(path), read_metadata(path)
+    return load_with_metadata(path, scoring_only=scoring_only)
 
 
 @main.command()

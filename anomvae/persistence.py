@@ -179,11 +179,24 @@ def _load_parts(path):
 
 
 def _rebuild(path, build):
+    """The model ``build`` makes from a model file, and the file's metadata."""
     metadata, weights = _load_parts(path)
     try:
-        return build(metadata["params"], metadata["fitted"], weights)
+        return build(metadata["params"], metadata["fitted"], weights), metadata
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: corrupted model file (inconsistent contents: {exc})") from None
+
+
+def load_with_metadata(path, *, scoring_only=False):
+    """:func:`load` (or :func:`load_for_scoring` when ``scoring_only``) and
+    :func:`read_metadata` of the same file, which is read once."""
+    if scoring_only:
+        from .fitted import ScoringModel as build
+    else:
+        from .detector import VAEAnomalyDetector
+
+        build = VAEAnomalyDetector._from_fitted_state
+    return _rebuild(path, build)
 
 
 def load(path):
@@ -201,9 +214,7 @@ def load(path):
         If ``path`` is truncated, corrupted, not an anomvae model file, or
         of a newer format version than this anomvae reads.
     """
-    from .detector import VAEAnomalyDetector
-
-    return _rebuild(path, VAEAnomalyDetector._from_fitted_state)
+    return load_with_metadata(path)[0]
 
 
 def load_for_scoring(path):
@@ -218,6 +229,4 @@ def load_for_scoring(path):
     ModelFileError
         As :func:`load`.
     """
-    from .fitted import ScoringModel
-
-    return _rebuild(path, ScoringModel)
+    return load_with_metadata(path, scoring_only=True)[0]

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 import anomvae
+from anomvae import persistence
+from anomvae.fitted import ScoringModel
 from anomvae.persistence import FORMAT_VERSION, ModelFileError, load_for_scoring, read_metadata
 
 
@@ -42,6 +44,19 @@ def test_scoring_only_load_gives_the_same_bits(fitted, model_path, test_set, tmp
     assert scorer.threshold_ == calibrated.threshold_
     with pytest.raises(ValueError, match="8 features"):
         scorer.score_samples(X[:, :3])
+
+
+@pytest.mark.parametrize("scoring_only", [False, True])
+def test_load_with_metadata_reads_the_file_once(fitted, model_path, test_set, scoring_only, monkeypatch):
+    X, _ = test_set
+    opened = []
+    real_open = persistence._open
+    monkeypatch.setattr(persistence, "_open", lambda path: opened.append(path) or real_open(path))
+    model, metadata = persistence.load_with_metadata(model_path, scoring_only=scoring_only)
+    assert opened == [model_path]
+    assert metadata == read_metadata(model_path)
+    assert isinstance(model, ScoringModel if scoring_only else anomvae.VAEAnomalyDetector)
+    np.testing.assert_array_equal(model.score_samples(X), fitted.score_samples(X))
 
 
 def test_round_trip_keeps_feature_names(inliers, tmp_path):
