@@ -549,7 +549,12 @@ def info(model, as_json):
     history = fitted.get("history_", {})
     kind = _model_kind(metadata)
     shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
-    floors = variance_floors(fitted["module_config"])
+    try:
+        floors = variance_floors(fitted["module_config"])
+        unreadable_floors = False
+    except (KeyError, TypeError, ValueError):
+        # info describes damaged files too; score would reject this one.
+        floors, unreadable_floors = None, True
     summary = {
         "file": model,
         "anomvae_version": metadata.get("anomvae_version"),
@@ -617,6 +622,7 @@ def info(model, as_json):
         ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
         *([] if floors is None else [_floors_line(floors)]),
+        *(["variance:   unreadable (the network configuration is damaged)"] if unreadable_floors else []),
         "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]
     click.echo("\n".join(lines))
@@ -634,8 +640,9 @@ def _floors_line(floors):
     raised = floors[floors > DEFAULT_MIN_VARIANCE]
     if raised.size in (0, floors.size):
         return f"variance:   floor {span(floors)} on every feature (standardised units)"
+    kept = floors.size - raised.size
     return (
-        f"variance:   floor {DEFAULT_MIN_VARIANCE:g} on {floors.size - raised.size} features, "
+        f"variance:   floor {DEFAULT_MIN_VARIANCE:g} on {kept} feature{'s' * (kept > 1)}, "
         f"{span(raised)} on {raised.size} (from their value grids; standardised units)"
     )
 

@@ -16,6 +16,7 @@ loader run code. Reading the metadata alone (:func:`read_metadata`) does not
 import torch at all, so ``anomvae info`` stays fast.
 """
 
+import copy
 import io
 import json
 import os
@@ -182,14 +183,15 @@ def _rebuild(path, build):
     """The model ``build`` makes from a model file, and the file's metadata."""
     metadata, weights = _load_parts(path)
     try:
-        return build(metadata["params"], metadata["fitted"], weights), metadata
+        return build(copy.deepcopy(metadata["params"]), copy.deepcopy(metadata["fitted"]), weights), metadata
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: corrupted model file (inconsistent contents: {exc})") from None
 
 
 def load_with_metadata(path, *, scoring_only=False):
     """:func:`load` (or :func:`load_for_scoring` when ``scoring_only``) and
-    :func:`read_metadata` of the same file, which is read once."""
+    :func:`read_metadata` of the same file, which is read once.  The
+    metadata returned shares nothing with the model."""
     if scoring_only:
         from .fitted import ScoringModel as build
     else:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 
 import anomvae
 from anomvae import cli
-from anomvae.detector import VAEAnomalyDetector
+from anomvae.detector import VAEAnomalyDetector, _grid_variance_floor
 from conftest import assert_runs_without
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
@@ -336,15 +337,47 @@ def test_info_text_and_json(model):
     assert data["input"] == "csv" and data["architecture"] == "mlp" and data["likelihood"] == "gaussian"
     assert data["image_shape"] is data["color"] is data["image_size"] is None
     assert "network:    mlp, gaussian likelihood" in text.stdout and "image:" not in text.stdout
-    # The variance floors the network uses, one per feature.
-    assert data["variance_floors"] == detector.min_variance_.tolist()
+    # One floor per feature, as fit derives them from the training data.
+    X = pd.read_csv(TRAIN)[data["features"]].to_numpy(float)
     assert len(data["variance_floors"]) == 21
+    np.testing.assert_allclose(data["variance_floors"], _grid_variance_floor(X, X.std(axis=0)), rtol=1e-12)
+    assert max(data["variance_floors"]) > 1e-3 and "variance:   floor 0.001 on " in text.stdout
+
+
+def test_info_of_a_damaged_network_configuration(model, tmp_path):
+    damaged = tmp_path / "damaged.anomvae"
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "anomvae.json":
+                metadata = json.loads(content)
+                metadata["fitted"]["module_config"]["min_variance"] = [1e-3, 1e-3]  # 21 features
+                content = json.dumps(metadata)
+            target.writestr(item, content)
+    result = invoke("info", damaged)
+    assert result.exit_code == 0, result.output
+    assert "variance:   unreadable (the network configuration is damaged)" in result.stdout
+    assert_input_error(invoke("score", damaged, TRAIN, "-o", tmp_path / "out.csv"), "corrupted model file")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_score_opens_the_model_file_twice_at_most(model, tmp_path, monkeypatch):
+    # Once for the metadata check that comes before torch, once to load.
+    from anomvae import persistence
+
+    opened = []
+    real_open = persistence._open
+    monkeypatch.setattr(persistence, "_open", lambda path: opened.append(path) or real_open(path))
+    result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 2
 
 
 @pytest.mark.parametrize("floors, line", [
     ([1e-3, 1e-3, 1e-3], "floor 0.001 on every feature"),
     ([0.05, 0.05], "floor 0.05 on every feature"),
     ([1e-3, 0.0125, 1e-3, 0.25], "floor 0.001 on 2 features, 0.0125 to 0.25 on 2 (from their value grids"),
+    ([1e-3, 0.0125], "floor 0.001 on 1 feature, 0.0125 on 1 (from their value grids"),
     ([0.02, 0.5], "floor 0.02 to 0.5 on every feature"),
 ])
 def test_info_sums_up_the_variance_floors(floors, line):
