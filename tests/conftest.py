@@ -68,3 +68,14 @@ def assert_runs_without(args, module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result
+
+
+@pytest.fixture
+def model_file_opens(monkeypatch):
+    """The paths of every model file opened while the test runs, in order."""
+    from anomvae import persistence
+
+    opened = []
+    real_open = persistence._open
+    monkeypatch.setattr(persistence, "_open", lambda path: opened.append(path) or real_open(path))
+    return opened

@@ -361,16 +361,11 @@ def test_info_of_a_damaged_network_configuration(model, tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_score_opens_the_model_file_twice_at_most(model, tmp_path, monkeypatch):
+def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
     # Once for the metadata check that comes before torch, once to load.
-    from anomvae import persistence
-
-    opened = []
-    real_open = persistence._open
-    monkeypatch.setattr(persistence, "_open", lambda path: opened.append(path) or real_open(path))
     result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
     assert result.exit_code == 0, result.output
-    assert len(opened) == 2
+    assert model_file_opens == [str(model)] * 2
 
 
 @pytest.mark.parametrize("floors, line", [

@@ -47,16 +47,16 @@ def test_scoring_only_load_gives_the_same_bits(fitted, model_path, test_set, tmp
 
 
 @pytest.mark.parametrize("scoring_only", [False, True])
-def test_load_with_metadata_reads_the_file_once(fitted, model_path, test_set, scoring_only, monkeypatch):
+def test_load_with_metadata_reads_the_file_once(fitted, model_path, test_set, scoring_only, model_file_opens):
     X, _ = test_set
-    opened = []
-    real_open = persistence._open
-    monkeypatch.setattr(persistence, "_open", lambda path: opened.append(path) or real_open(path))
     model, metadata = persistence.load_with_metadata(model_path, scoring_only=scoring_only)
-    assert opened == [model_path]
+    assert model_file_opens == [model_path]
     assert metadata == read_metadata(model_path)
     assert isinstance(model, ScoringModel if scoring_only else anomvae.VAEAnomalyDetector)
     np.testing.assert_array_equal(model.score_samples(X), fitted.score_samples(X))
+    # Editing the metadata returned leaves the model alone.
+    metadata["fitted"]["module_config"]["hidden_dims"].append(99)
+    assert model._module_config["hidden_dims"] == list(fitted.hidden_dims)
 
 
 def test_round_trip_keeps_feature_names(inliers, tmp_path):
