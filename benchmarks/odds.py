@@ -17,6 +17,8 @@ their default parameters.
         --csv /tmp/seed1.csv --compare benchmarks/results/odds.csv     # the defaults with other network seeds
     python benchmarks/odds.py --models anomvae --members 2 --no-docs \
         --csv /tmp/pair.csv --compare benchmarks/results/odds.csv      # mean score of two seeds' fits
+    python benchmarks/odds.py --models anomvae --seed-offset 1 --no-docs --scores /tmp/scores \
+        --csv /tmp/seed1.csv                                           # keep the test scores for ensembles.py
 
 Results: a CSV of raw rows (``--csv``, default benchmarks/results/odds.csv)
 and, unless ``--no-docs``, the summary table between the markers in
@@ -122,7 +124,7 @@ def available_models():
     return models
 
 
-def run_one(path, seed, model, params, quick, members=1, seed_offset=0):
+def run_one(path, seed, model, params, quick, members=1, seed_offset=0, scores_dir=None):
     data = np.load(path)
     X, y = data["X"].astype(np.float64), data["y"].astype(int)
     X_train, X_test, y_train, y_test = split(X, y, seed, cap=400 if quick else CAP)
@@ -138,6 +140,9 @@ def run_one(path, seed, model, params, quick, members=1, seed_offset=0):
     extra = {}
     if model == "anomvae":
         extra = {"epochs": detector.n_epochs_}
+        if scores_dir is not None:
+            # The test part's anomaly scores, for benchmarks/ensembles.py.
+            np.savez(Path(scores_dir) / f"{path.stem}-{seed}-{seed_offset}.npz", scores=scores, y=y_test)
     return {
         "dataset": path.stem, "seed": seed, "model": model, "n_train": len(X_train), "n_features": X.shape[1],
         "roc_auc": roc_auc_score(y_test, scores), "ap": average_precision_score(y_test, scores),
@@ -189,6 +194,8 @@ def main(argv=None):
                         help="average anomvae's negative ELBO over this many fits with different random_state")
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="anomvae's random_state is the split seed + 100 x this (to measure seed variance)")
+    parser.add_argument("--scores", type=Path, metavar="DIR",
+                        help="also save anomvae's test scores per dataset and seed here (for ensembles.py)")
     parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
     parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (timings are then not comparable)")
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "odds.csv")
@@ -219,6 +226,10 @@ def main(argv=None):
         earlier = pd.read_csv(args.compare)
     if args.quick:
         params = {"max_epochs": 3, **params}
+    if args.scores:
+        if args.members != 1:
+            parser.error("--scores saves single fits' scores; combine them with benchmarks/ensembles.py")
+        args.scores.mkdir(parents=True, exist_ok=True)
     tasks = [(p, s, m) for p in paths for s in range(args.seeds) for m in models]
     if args.jobs > 1:
         from joblib import Parallel, delayed
@@ -227,13 +238,13 @@ def main(argv=None):
             import torch
 
             torch.set_num_threads(1)
-            return run_one(*task, params, args.quick, args.members, args.seed_offset)
+            return run_one(*task, params, args.quick, args.members, args.seed_offset, args.scores)
 
         rows = Parallel(n_jobs=args.jobs)(delayed(job)(*t) for t in tasks)
     else:
         rows = []
         for task in tasks:
-            rows.append(run_one(*task, params, args.quick, args.members, args.seed_offset))
+            rows.append(run_one(*task, params, args.quick, args.members, args.seed_offset, args.scores))
             r = rows[-1]
             print(f"{r['dataset']:12s} seed {r['seed']} {r['model']:9s} ROC-AUC {r['roc_auc']:.3f} "
                   f"AP {r['ap']:.3f} fit {r['fit_s']:.1f}s", file=sys.stderr)

@@ -81,3 +81,74 @@ def test_speed_benchmark_runs():
     assert pyod_rows["anomvae"]["rows_per_s"] > 0 and bound["bound_rows_per_s"] > 0
     assert cli["anomvae score"]["wall_s"] > 0 and cli["read_csv"]["rss_mb"] > 0
     assert cli["read and write only"]["wall_s"] > 0
+
+
+def test_stopping_replay_matches_a_fit_that_stops_early():
+    import numpy as np
+    from anomvae import VAEAnomalyDetector
+
+    import stopping
+
+    X = np.random.RandomState(1).normal(size=(300, 4))
+    params = {"random_state": 3, "kl_warmup": 2, "tol": 1e-2, "max_epochs": 80}
+    stopped = VAEAnomalyDetector(n_iter_no_change=3, **params).fit(X)
+    full = VAEAnomalyDetector(n_iter_no_change=None, **params).fit(X)
+    best, stop, did_stop = stopping.replay(full.history_["val_loss"], 3, 1e-2, 2)
+    assert did_stop and stop < 80
+    assert (best, stop) == (stopped.best_epoch_, stopped.n_epochs_)
+    # The rule only decides where to cut: the losses up to there are the same.
+    assert stopped.history_["val_loss"] == full.history_["val_loss"][:stop]
+    # A trajectory too short for the patience is reported as not stopped.
+    assert stopping.replay([3.0, 2.0, 2.5], 5, 0.0, 1) == (2, 3, False)
+
+
+@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+def test_stopping_benchmark_runs(tmp_path):
+    import stopping
+
+    trajectories, summary = stopping.main([
+        "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--seed-offsets", "0", "1",
+        "--trajectories", str(tmp_path / "t.csv"), "--csv", str(tmp_path / "s.csv"),
+    ])
+    assert len(trajectories) == 2 * 2 * 15 and trajectories["roc_auc"].between(0, 1).all()
+    assert pd.read_csv(tmp_path / "t.csv").shape == trajectories.shape
+    assert set(summary["seed_offset"]) == {0, 1}
+    assert len(summary) == 2 * (len(stopping.PATIENCES) * len(stopping.TOLS) + 2)
+    # The per-split best epoch is a ceiling no rule can pass.
+    for _, rows in summary.groupby("seed_offset"):
+        ceiling = rows.loc[rows.rule == "reference: best epoch of each split", "mean_roc_auc"].item()
+        assert (rows["mean_roc_auc"] <= ceiling + 1e-12).all()
+    with pytest.raises(SystemExit):
+        stopping.main(["--quick", "--datasets", "wine", "--params", '{"max_epochs": 5}'])
+
+
+@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+def test_ensembles_average_saved_scores(tmp_path):
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    import ensembles
+
+    runs = [odds.main([
+        "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--models", "anomvae", "--no-docs",
+        "--seed-offset", str(m), "--scores", str(tmp_path / "scores"), "--csv", str(tmp_path / f"{m}.csv"),
+    ]) for m in (0, 1)]
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == [
+        "glass-0-0.npz", "glass-0-1.npz", "wine-0-0.npz", "wine-0-1.npz"]
+    rows, summary = ensembles.main([str(tmp_path / "scores"), "--members", "1", "2"])
+    assert list(rows["offsets"]) == ["0", "1", "0 1"]
+    for m, run in enumerate(runs):  # one member: the run's own ROC-AUC
+        assert rows.loc[m, "mean_roc_auc"] == pytest.approx(run["roc_auc"].mean(), abs=1e-12)
+    pair = []
+    for name in ("glass", "wine"):
+        first, second = (np.load(tmp_path / "scores" / f"{name}-0-{m}.npz") for m in (0, 1))
+        pair.append(roc_auc_score(first["y"], (first["scores"] + second["scores"]) / 2))
+    assert rows.loc[2, "mean_roc_auc"] == pytest.approx(np.mean(pair), abs=1e-12)
+    assert summary.loc[2, "choices"] == 1
+    # An offset missing for one split is left out; asking for more members than remain is an error.
+    (tmp_path / "scores" / "wine-0-1.npz").unlink()
+    with pytest.raises(SystemExit):
+        ensembles.main([str(tmp_path / "scores"), "--members", "2"])
+    with pytest.raises(SystemExit):
+        odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
+                   "--scores", str(tmp_path / "s2"), "--csv", str(tmp_path / "m.csv")])

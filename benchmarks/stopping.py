@@ -1,0 +1,196 @@
+"""Early-stopping rules replayed on whole training trajectories (ODDS).
+
+Each fit runs with early stopping off for ``--epochs`` epochs and records,
+after every epoch, the validation loss that early stopping watches and the
+ROC-AUC of the test part (same splits as ``benchmarks/odds.py``). Training
+does not depend on the stopping rule, so a rule's outcome can be replayed
+exactly from these records: the epoch it would stop at, and the weights it
+would keep (those of the lowest validation loss up to then).
+
+The report compares a grid of ``n_iter_no_change`` (patience) and ``tol``
+values with the defaults, ranked against the peers' stored rows, plus two
+references that look at the test labels and so are not rules a user could
+apply: the best epoch of each split, and the best single epoch count.
+
+    python benchmarks/stopping.py --seed-offsets 0 1 --jobs 2   # about 11 minutes per offset on 2 cores
+    python benchmarks/stopping.py --quick                       # smoke run on a tiny subset
+"""
+
+import argparse
+import itertools
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import odds  # noqa: E402
+
+RESULTS = odds.ROOT / "benchmarks" / "results"
+PATIENCES = (5, 10, 20, 30)
+TOLS = (1e-4, 1e-3, 3e-3, 1e-2)
+
+
+def replay(val_loss, patience, tol, warmup):
+    """The epochs a stopping rule keeps and stops at, from a trajectory.
+
+    Mirrors ``VAEAnomalyDetector._train``: epochs before ``warmup`` are not
+    monitored; an epoch is stale unless its loss beats the best so far by
+    more than ``tol * |best|``; training stops after ``patience`` stale
+    epochs in a row, keeping the weights of the lowest loss seen.
+
+    Returns
+    -------
+    best_epoch, stop_epoch : int
+        1-based, as ``best_epoch_`` and ``n_epochs_``.
+    stopped : bool
+        False when the trajectory ended first; its length is then the
+        stop epoch.
+    """
+    best, best_epoch, stale = np.inf, None, 0
+    for epoch in range(max(warmup, 1), len(val_loss) + 1):
+        loss = val_loss[epoch - 1]
+        stale = 0 if best_epoch is None or loss < best - tol * abs(best) else stale + 1
+        if best_epoch is None or loss < best:
+            best, best_epoch = loss, epoch
+        if stale >= patience:
+            return best_epoch, epoch, True
+    return best_epoch, len(val_loss), False
+
+
+def trajectory(path, seed, seed_offset, epochs, params, quick):
+    """One fit's per-epoch validation loss and test ROC-AUC, as rows."""
+    import torch
+
+    from anomvae import VAEAnomalyDetector
+
+    torch.set_num_threads(1)
+    data = np.load(path)
+    X, y = data["X"].astype(np.float64), data["y"].astype(int)
+    X_train, X_test, _, y_test = odds.split(X, y, seed, cap=400 if quick else odds.CAP)
+    test_auc = []
+
+    class Recording(VAEAnomalyDetector):
+        def _report_epoch(self, history, epoch):
+            super()._report_epoch(history, epoch)
+            # Scoring draws no random numbers, so the trajectory is the one
+            # an ordinary fit with the same random_state follows.
+            test_auc.append(roc_auc_score(y_test, -self._score_samples(X_test)))
+
+    detector = Recording(random_state=seed + 100 * seed_offset, max_epochs=epochs, n_iter_no_change=None,
+                         **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detector.fit(X_train)
+    return pd.DataFrame({
+        "dataset": path.stem, "seed": seed, "seed_offset": seed_offset,
+        "epoch": detector.history_["epoch"], "val_loss": detector.history_["val_loss"], "roc_auc": test_auc,
+    })
+
+
+def rank_against(peer_auc, auc):
+    """anomvae's mean ROC-AUC and mean rank, and IsolationForest's mean rank,
+    with ``auc`` (per dataset) joined to the peers' per-dataset means."""
+    table = peer_auc.loc[auc.index].copy()
+    table["anomvae"] = auc
+    ranks = table.rank(axis=1, ascending=False).mean()
+    return auc.mean(), ranks["anomvae"], ranks.get("iforest", np.nan)
+
+
+def evaluate(trajectories, peer_auc, warmup):
+    """Summary rows: each rule and reference, per seed offset."""
+    rows = []
+    for offset, runs in trajectories.groupby("seed_offset"):
+        fits = {key: fit.sort_values("epoch") for key, fit in runs.groupby(["dataset", "seed"])}
+
+        def summary(label, choose):
+            chosen = {key: choose(fit) for key, fit in fits.items()}
+            auc = pd.Series({key: fit["roc_auc"].iloc[chosen[key][0] - 1] for key, fit in fits.items()})
+            auc = auc.groupby(level=0).mean()
+            mean_auc, rank, iforest = rank_against(peer_auc, auc)
+            rows.append({
+                "rule": label, "seed_offset": offset, "mean_roc_auc": mean_auc, "mean_rank": rank,
+                "iforest_rank": iforest, "epochs": sum(c[1] for c in chosen.values()),
+                "unstopped": sum(not c[2] for c in chosen.values()),
+            })
+
+        for patience, tol in itertools.product(PATIENCES, TOLS):
+            summary(f"n_iter_no_change={patience}, tol={tol:g}",
+                    lambda fit: replay(fit["val_loss"].to_numpy(), patience, tol, warmup))
+        n = min(len(fit) for fit in fits.values())
+        best_fixed = max(range(warmup, n + 1), key=lambda e: np.mean([fit["roc_auc"].iloc[e - 1] for fit in fits.values()]))
+        summary(f"reference: best fixed epoch count ({best_fixed})", lambda fit: (best_fixed, best_fixed, True))
+        summary("reference: best epoch of each split",
+                lambda fit: (warmup + int(np.argmax(fit["roc_auc"].to_numpy()[warmup - 1:])), len(fit), True))
+    return pd.DataFrame(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=odds.DEFAULT_DATA, help="folder of ODDS .npz files")
+    parser.add_argument("--datasets", nargs="*", help="dataset names (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-offsets", type=int, nargs="+", default=[0],
+                        help="anomvae's random_state is the split seed + 100 x each of these")
+    parser.add_argument("--epochs", type=int, default=300, help="epochs per fit, early stopping off")
+    parser.add_argument("--params", default="{}", help="JSON of VAEAnomalyDetector parameters")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
+    parser.add_argument("--compare", type=Path, default=RESULTS / "odds.csv",
+                        help="results CSV of benchmarks/odds.py whose peers' rows rank the rules")
+    parser.add_argument("--trajectories", type=Path, default=RESULTS / "stopping-trajectories.csv",
+                        help="CSV the per-epoch records are written to")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "stopping.csv", help="CSV of the summary rows")
+    args = parser.parse_args(argv)
+
+    paths = sorted(args.data.glob("*.npz"))
+    if args.datasets:
+        paths = [p for p in paths if p.stem in args.datasets]
+    if not paths:
+        parser.error(f"no datasets found in {args.data}")
+    params = json.loads(args.params)
+    if {"max_epochs", "n_iter_no_change"} & set(params):
+        parser.error("--params may not set max_epochs or n_iter_no_change: --epochs sets the trajectory")
+    if args.quick:
+        args.epochs = min(args.epochs, 15)
+    peers = pd.read_csv(args.compare)
+    peers = peers[peers.model != "anomvae"]
+    peer_auc = peers.groupby(["dataset", "model"]).roc_auc.mean().unstack("model")
+    missing = sorted({p.stem for p in paths} - set(peer_auc.index))
+    if missing:
+        parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")
+
+    # Largest datasets first, so that parallel jobs finish together.
+    paths.sort(key=lambda p: -np.load(p)["X"].size)
+    tasks = [(p, s, o) for o in args.seed_offsets for p in paths for s in range(args.seeds)]
+    if args.jobs > 1:
+        from joblib import Parallel, delayed
+
+        parts = Parallel(n_jobs=args.jobs)(
+            delayed(trajectory)(*t, args.epochs, params, args.quick) for t in tasks)
+    else:
+        parts = [trajectory(*t, args.epochs, params, args.quick) for t in tasks]
+    trajectories = pd.concat(parts, ignore_index=True)
+    args.trajectories.parent.mkdir(parents=True, exist_ok=True)
+    trajectories.to_csv(args.trajectories, index=False)
+
+    from anomvae import VAEAnomalyDetector
+
+    warmup = params.get("kl_warmup", VAEAnomalyDetector().kl_warmup)
+    summary = evaluate(trajectories, peer_auc, warmup)
+    summary.to_csv(args.csv, index=False)
+    defaults = VAEAnomalyDetector()
+    print(f"defaults: n_iter_no_change={defaults.n_iter_no_change}, tol={defaults.tol:g}")
+    shown = summary.pivot_table(index="rule", columns="seed_offset", sort=False,
+                                values=["mean_roc_auc", "mean_rank", "iforest_rank", "epochs"])
+    with pd.option_context("display.width", 200, "display.max_rows", 100):
+        print(shown.round(4))
+    return trajectories, summary
+
+
+if __name__ == "__main__":
+    main()
