@@ -68,13 +68,10 @@ def evaluate(saved, peer_auc, members):
             raise ValueError(f"{k} members need {k} seed offsets; {len(offsets)} are complete: {offsets}")
         for choice in itertools.combinations(offsets, k):
             per = ensemble_metrics(saved, list(choice))
-            table = peer_auc.loc[per.index].copy()
-            table["anomvae"] = per["roc_auc"]
-            ranks = table.rank(axis=1, ascending=False).mean()
+            mean_auc, rank, iforest = odds.rank_against(peer_auc, per["roc_auc"])
             rows.append({
-                "members": k, "offsets": " ".join(map(str, choice)), "mean_roc_auc": per["roc_auc"].mean(),
-                "mean_ap": per["ap"].mean(), "mean_rank": ranks["anomvae"],
-                "iforest_rank": ranks.get("iforest", np.nan),
+                "members": k, "offsets": " ".join(map(str, choice)), "mean_roc_auc": mean_auc,
+                "mean_ap": per["ap"].mean(), "mean_rank": rank, "iforest_rank": iforest,
             })
     return pd.DataFrame(rows)
 
@@ -93,9 +90,7 @@ def main(argv=None):
         saved = load_scores(args.scores)
     except ValueError as error:
         parser.error(str(error))
-    peers = pd.read_csv(args.compare)
-    peers = peers[peers.model != "anomvae"]
-    peer_auc = peers.groupby(["dataset", "model"]).roc_auc.mean().unstack("model")
+    peer_auc = odds.peer_roc_auc(args.compare)
     missing = sorted({d for d, _, _ in saved} - set(peer_auc.index))
     if missing:
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")

@@ -82,6 +82,23 @@ class SeedAverage:
         return sum(detector.n_epochs_ for detector in self.detectors)
 
 
+def peer_roc_auc(results_csv):
+    """Per-dataset mean ROC-AUC of every model but anomvae in a results CSV
+    (datasets as rows, models as columns)."""
+    peers = pd.read_csv(results_csv)
+    peers = peers[peers.model != "anomvae"]
+    return peers.groupby(["dataset", "model"]).roc_auc.mean().unstack("model")
+
+
+def rank_against(peer_auc, auc):
+    """anomvae's mean ROC-AUC and mean rank, and IsolationForest's mean
+    rank, once anomvae's per-dataset ROC-AUC ``auc`` joins the peers'."""
+    table = peer_auc.loc[auc.index].copy()
+    table["anomvae"] = auc
+    ranks = table.rank(axis=1, ascending=False).mean()
+    return auc.mean(), ranks["anomvae"], ranks.get("iforest", np.nan)
+
+
 def make_detector(name, seed, params, members=1, seed_offset=0):
     """A fresh detector and a function turning it into anomaly scores.
 

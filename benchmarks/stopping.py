@@ -92,15 +92,6 @@ def trajectory(path, seed, seed_offset, epochs, params, quick):
     })
 
 
-def rank_against(peer_auc, auc):
-    """anomvae's mean ROC-AUC and mean rank, and IsolationForest's mean rank,
-    with ``auc`` (per dataset) joined to the peers' per-dataset means."""
-    table = peer_auc.loc[auc.index].copy()
-    table["anomvae"] = auc
-    ranks = table.rank(axis=1, ascending=False).mean()
-    return auc.mean(), ranks["anomvae"], ranks.get("iforest", np.nan)
-
-
 def evaluate(trajectories, peer_auc, warmup):
     """Summary rows: each rule and reference, per seed offset."""
     rows = []
@@ -111,7 +102,7 @@ def evaluate(trajectories, peer_auc, warmup):
             chosen = {key: choose(fit) for key, fit in fits.items()}
             auc = pd.Series({key: fit["roc_auc"].iloc[chosen[key][0] - 1] for key, fit in fits.items()})
             auc = auc.groupby(level=0).mean()
-            mean_auc, rank, iforest = rank_against(peer_auc, auc)
+            mean_auc, rank, iforest = odds.rank_against(peer_auc, auc)
             rows.append({
                 "rule": label, "seed_offset": offset, "mean_roc_auc": mean_auc, "mean_rank": rank,
                 "iforest_rank": iforest, "epochs": sum(c[1] for c in chosen.values()),
@@ -157,9 +148,7 @@ def main(argv=None):
         parser.error("--params may not set max_epochs or n_iter_no_change: --epochs sets the trajectory")
     if args.quick:
         args.epochs = min(args.epochs, 15)
-    peers = pd.read_csv(args.compare)
-    peers = peers[peers.model != "anomvae"]
-    peer_auc = peers.groupby(["dataset", "model"]).roc_auc.mean().unstack("model")
+    peer_auc = odds.peer_roc_auc(args.compare)
     missing = sorted({p.stem for p in paths} - set(peer_auc.index))
     if missing:
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")
