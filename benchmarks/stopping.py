@@ -113,7 +113,8 @@ def evaluate(trajectories, peer_auc, warmup):
             summary(f"n_iter_no_change={patience}, tol={tol:g}",
                     lambda fit: replay(fit["val_loss"].to_numpy(), patience, tol, warmup))
         n = min(len(fit) for fit in fits.values())
-        best_fixed = max(range(warmup, n + 1), key=lambda e: np.mean([fit["roc_auc"].iloc[e - 1] for fit in fits.values()]))
+        best_fixed = max(range(warmup, n + 1),
+                         key=lambda e: np.mean([fit["roc_auc"].iloc[e - 1] for fit in fits.values()]))
         summary(f"reference: best fixed epoch count ({best_fixed})", lambda fit: (best_fixed, best_fixed, True))
         summary("reference: best epoch of each split",
                 lambda fit: (warmup + int(np.argmax(fit["roc_auc"].to_numpy()[warmup - 1:])), len(fit), True))
