@@ -96,7 +96,7 @@ ESTIMATOR_OPTIONS = [
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
     ("n_iter_no_change", _AutoOr(int, {"none": None}), 20, "Early-stopping patience in epochs; none disables."),
-    ("tol", float, 1e-2, "Relative improvement that resets the patience."),
+    ("tol", float, 1e-3, "Relative improvement that resets the patience."),
     ("n_score_samples", int, 8, "Fixed latent draws per row when scoring."),
     ("contamination", _AutoOr(float, {"auto": "auto"}), "auto", "Threshold rule: auto (Tukey) or a rate in (0, 0.5]."),
     ("standardize", click.Choice(["auto", "true", "false"]), "auto", "Scale features by training mean and std."),

@@ -261,13 +261,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         more than ``tol`` for this many epochs after the warm-up, and the
         weights of the epoch with the lowest monitored loss are restored. ``None`` trains for
         ``max_epochs``.
-    tol : float, default=1e-2
+    tol : float, default=1e-3
         Smallest relative decrease of the monitored loss that counts as an
         improvement: an epoch improves when its loss is below
         ``best * (1 - tol)`` for a positive best loss (``best * (1 + tol)``
-        for a negative one). The default stops about a third sooner than
-        ``1e-3`` at the same detection quality on the ODDS benchmark
-        (``docs/benchmarks.md``, sixth round).
+        for a negative one).
     n_score_samples : int, default=8
         Monte-Carlo samples of z per row when estimating the ELBO for
         scoring. The standard normal draws are fixed at fit time and shared
@@ -426,7 +424,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         weight_decay=0.0,
         validation_fraction=0.1,
         n_iter_no_change=20,
-        tol=1e-2,
+        tol=1e-3,
         n_score_samples=8,
         contamination="auto",
         standardize="auto",
