@@ -13,6 +13,7 @@ references that look at the test labels and so are not rules a user could
 apply: the best epoch of each split, and the best single epoch count.
 
     python benchmarks/stopping.py --seed-offsets 0 1 --jobs 2   # about 11 minutes per offset on 2 cores
+    python benchmarks/stopping.py --seed-offsets 0 1 --replay   # report again from the stored trajectories
     python benchmarks/stopping.py --quick                       # smoke run on a tiny subset
 """
 
@@ -98,7 +99,7 @@ def evaluate(trajectories, peer_auc, warmup):
     for offset, runs in trajectories.groupby("seed_offset"):
         fits = {key: fit.sort_values("epoch") for key, fit in runs.groupby(["dataset", "seed"])}
 
-        def summary(label, choose):
+        def summary(label, choose, fixed_epoch=None):
             chosen = {key: choose(fit) for key, fit in fits.items()}
             auc = pd.Series({key: fit["roc_auc"].iloc[chosen[key][0] - 1] for key, fit in fits.items()})
             auc = auc.groupby(level=0).mean()
@@ -106,7 +107,7 @@ def evaluate(trajectories, peer_auc, warmup):
             rows.append({
                 "rule": label, "seed_offset": offset, "mean_roc_auc": mean_auc, "mean_rank": rank,
                 "iforest_rank": iforest, "epochs": sum(c[1] for c in chosen.values()),
-                "unstopped": sum(not c[2] for c in chosen.values()),
+                "unstopped": sum(not c[2] for c in chosen.values()), "fixed_epoch": fixed_epoch,
             })
 
         for patience, tol in itertools.product(PATIENCES, TOLS):
@@ -115,7 +116,7 @@ def evaluate(trajectories, peer_auc, warmup):
         n = min(len(fit) for fit in fits.values())
         best_fixed = max(range(warmup, n + 1),
                          key=lambda e: np.mean([fit["roc_auc"].iloc[e - 1] for fit in fits.values()]))
-        summary(f"reference: best fixed epoch count ({best_fixed})", lambda fit: (best_fixed, best_fixed, True))
+        summary("reference: best fixed epoch count", lambda fit: (best_fixed, best_fixed, True), best_fixed)
         summary("reference: best epoch of each split",
                 lambda fit: (warmup + int(np.argmax(fit["roc_auc"].to_numpy()[warmup - 1:])), len(fit), True))
     return pd.DataFrame(rows)
@@ -137,6 +138,8 @@ def main(argv=None):
     parser.add_argument("--trajectories", type=Path, default=RESULTS / "stopping-trajectories.csv",
                         help="CSV the per-epoch records are written to")
     parser.add_argument("--csv", type=Path, default=RESULTS / "stopping.csv", help="CSV of the summary rows")
+    parser.add_argument("--replay", action="store_true",
+                        help="fit nothing: read the --trajectories CSV of an earlier run and report again")
     args = parser.parse_args(argv)
 
     paths = sorted(args.data.glob("*.npz"))
@@ -154,19 +157,27 @@ def main(argv=None):
     if missing:
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")
 
-    # Largest datasets first, so that parallel jobs finish together.
-    paths.sort(key=lambda p: -np.load(p)["X"].size)
-    tasks = [(p, s, o) for o in args.seed_offsets for p in paths for s in range(args.seeds)]
-    if args.jobs > 1:
-        from joblib import Parallel, delayed
-
-        parts = Parallel(n_jobs=args.jobs)(
-            delayed(trajectory)(*t, args.epochs, params, args.quick) for t in tasks)
+    if args.replay:
+        trajectories = pd.read_csv(args.trajectories)
+        trajectories = trajectories[trajectories.dataset.isin([p.stem for p in paths])
+                                    & trajectories.seed.lt(args.seeds)
+                                    & trajectories.seed_offset.isin(args.seed_offsets)]
+        if trajectories.empty:
+            parser.error(f"{args.trajectories} holds none of the datasets, seeds and offsets asked for")
     else:
-        parts = [trajectory(*t, args.epochs, params, args.quick) for t in tasks]
-    trajectories = pd.concat(parts, ignore_index=True)
-    args.trajectories.parent.mkdir(parents=True, exist_ok=True)
-    trajectories.to_csv(args.trajectories, index=False)
+        # Largest datasets first, so that parallel jobs finish together.
+        paths.sort(key=lambda p: -np.load(p)["X"].size)
+        tasks = [(p, s, o) for o in args.seed_offsets for p in paths for s in range(args.seeds)]
+        if args.jobs > 1:
+            from joblib import Parallel, delayed
+
+            parts = Parallel(n_jobs=args.jobs)(
+                delayed(trajectory)(*t, args.epochs, params, args.quick) for t in tasks)
+        else:
+            parts = [trajectory(*t, args.epochs, params, args.quick) for t in tasks]
+        trajectories = pd.concat(parts, ignore_index=True)
+        args.trajectories.parent.mkdir(parents=True, exist_ok=True)
+        trajectories.to_csv(args.trajectories, index=False)
 
     from anomvae import VAEAnomalyDetector
 

@@ -118,6 +118,12 @@ def test_stopping_benchmark_runs(tmp_path):
     for _, rows in summary.groupby("seed_offset"):
         ceiling = rows.loc[rows.rule == "reference: best epoch of each split", "mean_roc_auc"].item()
         assert (rows["mean_roc_auc"] <= ceiling + 1e-12).all()
+    # Replaying the stored trajectories gives the same report without fitting.
+    _, again = stopping.main([
+        "--datasets", "wine", "glass", "--seeds", "1", "--seed-offsets", "0", "1", "--replay",
+        "--trajectories", str(tmp_path / "t.csv"), "--csv", str(tmp_path / "again.csv"),
+    ])
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), summary.reset_index(drop=True))
     with pytest.raises(SystemExit):
         stopping.main(["--quick", "--datasets", "wine", "--params", '{"max_epochs": 5}'])
 
