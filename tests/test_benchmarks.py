@@ -129,7 +129,7 @@ def test_stopping_benchmark_runs(tmp_path):
 
 
 @pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
-def test_ensembles_average_saved_scores(tmp_path):
+def test_ensembles_average_saved_scores(tmp_path, capsys):
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -153,8 +153,11 @@ def test_ensembles_average_saved_scores(tmp_path):
     assert summary.loc[2, "choices"] == 1
     # An offset missing for one split is left out; asking for more members than remain is an error.
     (tmp_path / "scores" / "wine-0-1.npz").unlink()
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         ensembles.main([str(tmp_path / "scores"), "--members", "2"])
+    assert "2 members need 2 seed offsets; 1 are complete: [0]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
                    "--scores", str(tmp_path / "s2"), "--csv", str(tmp_path / "m.csv")])
+    assert "--scores saves single fits' scores" in capsys.readouterr().err
