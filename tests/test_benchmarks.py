@@ -100,6 +100,11 @@ def test_stopping_replay_matches_a_fit_that_stops_early():
     assert stopped.history_["val_loss"] == full.history_["val_loss"][:stop]
     # A trajectory too short for the patience is reported as not stopped.
     assert stopping.replay([3.0, 2.0, 2.5], 5, 0.0, 1) == (2, 3, False)
+    # By hand: epoch 4 resets the patience (a large gain), epoch 6 does not
+    # (below tol) but is kept as the best; epoch 1 is not monitored.
+    losses = [0.1, 10.0, 9.95, 9.0, 9.5, 8.99, 9.2, 9.3, 9.4]
+    assert stopping.replay(losses, 3, 0.01, 2) == (6, 7, True)
+    assert stopping.replay(losses, 4, 0.01, 2) == (6, 8, True)
 
 
 @pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
