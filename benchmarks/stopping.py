@@ -52,12 +52,12 @@ def replay(val_loss, patience, tol, warmup):
         False when the trajectory ended first; its length is then the
         stop epoch.
     """
+    start = max(warmup, 1)
     best, best_epoch, stale = np.inf, len(val_loss), 0
-    for epoch in range(max(warmup, 1), len(val_loss) + 1):
+    for epoch in range(start, len(val_loss) + 1):
         loss = val_loss[epoch - 1]
-        first = epoch == max(warmup, 1)
-        stale = 0 if first or loss < best - tol * abs(best) else stale + 1
-        if first or loss < best:
+        stale = 0 if epoch == start or loss < best - tol * abs(best) else stale + 1
+        if epoch == start or loss < best:
             best, best_epoch = loss, epoch
         if stale >= patience:
             return best_epoch, epoch, True
