@@ -92,6 +92,8 @@ ESTIMATOR_OPTIONS = [
      "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
     ("trim_fraction", float, 0.03, "Share of each batch's highest-loss rows left out of each step "
      "after the KL warm-up; 0 keeps all."),
+    ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows trim_fraction leaves out: "
+     "the KL term (kl) or the negative ELBO (loss)."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),

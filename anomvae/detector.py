@@ -99,6 +99,13 @@ def _random_state(random_state):
 _MAX_STORED_TRAINING_SCORES = 2000
 
 
+def _rows_kept(per_row, kl, n_kept, trim_by):
+    """Mask of a batch's ``n_kept`` rows lowest by ``trim_by`` ("loss": the
+    per-row negative ELBO, "kl": the KL term); ties at the cut stay in."""
+    rank_by = (kl if trim_by == "kl" else per_row).detach()
+    return rank_by <= rank_by.kthvalue(n_kept).values
+
+
 def _subsample_sorted(values, max_size):
     """``values`` sorted, thinned to at most ``max_size`` evenly spaced order
     statistics (deterministic, so refitting gives the same subsample)."""
@@ -248,6 +255,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         lose none at 0.03). Anomalies in the training data then pull less
         on the model. Validation and scores always use every row. 0 trains
         on every row.
+    trim_by : {"kl", "loss"}, default="kl"
+        What ranks a batch's rows for ``trim_fraction``: ``"kl"`` leaves out
+        the rows with the largest KL term, those the encoder places furthest
+        from the prior; ``"loss"`` those with the highest negative ELBO (how
+        models saved before this parameter existed were trained). The score
+        is the whole negative ELBO either way; docs/scoring.md compares the
+        two.
     lr : float, default=3e-3
         Learning rate of the Adam optimiser.
     weight_decay : float, default=0.0
@@ -392,6 +406,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "trim_fraction": [Interval(Real, 0, 0.5, closed="left")],
+        "trim_by": [StrOptions({"loss", "kl"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -420,6 +435,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         max_epochs=400,
         batch_size="auto",
         trim_fraction=0.03,
+        trim_by="kl",
         lr=3e-3,
         weight_decay=0.0,
         validation_fraction=0.1,
@@ -444,6 +460,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.trim_fraction = trim_fraction
+        self.trim_by = trim_by
         self.lr = lr
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
@@ -589,9 +606,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     per_row = negative_elbo(reconstruction, kl, beta)
                     n_kept = per_row.shape[0] - int(self.trim_fraction * per_row.shape[0])
                     if n_kept < per_row.shape[0] and epoch > self.kl_warmup:
-                        # The n_kept lowest losses; ties at the cut stay in.
-                        cut = per_row.detach().kthvalue(n_kept).values
-                        loss = per_row[per_row <= cut].mean()
+                        loss = per_row[_rows_kept(per_row, kl, n_kept, self.trim_by)].mean()
                     else:
                         loss = per_row.mean()
                     flat.zero_grad()
@@ -998,6 +1013,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         floor = config.get("min_variance")
         if "min_variance" not in params and config["likelihood"] == "gaussian" and isinstance(floor, (int, float)):
             params["min_variance"] = float(floor)
+        # Files written before trim_by existed trimmed by the loss.
+        params.setdefault("trim_by", "loss")
         for name in ("hidden_dims", "image_shape"):
             if isinstance(params.get(name), list):
                 params[name] = tuple(params[name])
@@ -1025,6 +1042,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             state["min_variance"] = DEFAULT_MIN_VARIANCE if gaussian else "auto"
             if "_module_config" in state:
                 state["min_variance_"] = inference.variance_floors(state["_module_config"])
+        # Pickled before trim_by existed, when batches were trimmed by the loss.
+        state.setdefault("trim_by", "loss")
         super().__setstate__(state)
         if module_state is not None:
             self.module_ = self._restore_module(module_state)

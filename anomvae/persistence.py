@@ -1,8 +1,11 @@
 """Model files: one zip archive holding JSON metadata and the weights.
 
-Layout of a ``.anomvae`` file (format version 2; version 1 files, written
-before the Gaussian likelihood's variance floor became per-feature, load as
-well)::
+Layout of a ``.anomvae`` file (format version 3). Older files load as well:
+version 1, written before the Gaussian likelihood's variance floor became
+per-feature, and version 2, written before the ``trim_by`` parameter (both
+trimmed by the loss). The version rises whenever the stored parameters
+gain one, so that an older anomvae refuses a newer file by name instead of
+failing on a parameter it does not know::
 
     anomvae.json   format marker and version, anomvae version, estimator
                    parameters, fitted attributes (feature names, scaling,
@@ -29,7 +32,7 @@ from numbers import Integral
 from . import __version__
 
 FORMAT = "anomvae-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 METADATA_NAME = "anomvae.json"
 WEIGHTS_NAME = "weights.pt"
 

@@ -166,3 +166,36 @@ def test_ensembles_average_saved_scores(tmp_path, capsys):
         odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
                    "--scores", str(tmp_path / "s2"), "--csv", str(tmp_path / "m.csv")])
     assert "--scores saves single fits' scores" in capsys.readouterr().err
+
+
+def test_outside_benchmark_runs(capsys):
+    import outside
+
+    results = outside.main(["--quick", "--variant", 'loss={"trim_by": "loss"}'])
+    assert list(results.model) == ["anomvae", "loss", "iforest"]
+    assert results.roc_auc.between(0, 1).all() and (results.case == "digits 0-4 | 5-9").all()
+    assert "| mean rank |" in capsys.readouterr().out
+
+
+def test_outside_split_contaminates_both_parts_without_overlap():
+    import numpy as np
+
+    import outside
+
+    normal, anomalies = np.arange(1000.0)[:, None], -np.arange(1, 501.0)[:, None]
+    X_train, X_test, y_test = outside.split(normal, anomalies, 0.05, seed=3)
+    train_anomalies = X_train[X_train[:, 0] < 0]
+    assert len(X_train) == 700 + len(train_anomalies) and len(X_test) == 300 + y_test.sum()
+    assert round(len(train_anomalies) / len(X_train), 2) == 0.05 and round(y_test.mean(), 2) == 0.05
+    assert (X_test[y_test == 1, 0] < 0).all() and (X_test[y_test == 0, 0] >= 0).all()
+    assert not set(X_train[:, 0]) & set(X_test[:, 0])
+    assert outside.patches("china.jpg").shape == (53 * 80, 64)
+
+
+@pytest.mark.parametrize("variant", ["anomvae={}", "kl", 'kl=[1]', "kl={bad"])
+def test_outside_refuses_bad_variants(variant, capsys):
+    import outside
+
+    with pytest.raises(SystemExit):
+        outside.main(["--quick", "--variant", variant])
+    assert "--variant" in capsys.readouterr().err

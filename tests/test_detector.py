@@ -188,6 +188,46 @@ def test_batches_too_small_to_trim_train_on_every_row(inliers):
     assert a.history_["train_loss"] == b.history_["train_loss"]
 
 
+def test_rows_kept_ranks_by_the_chosen_term():
+    from anomvae.detector import _rows_kept
+
+    # Row 0 has the highest loss, row 3 the largest KL term.
+    per_row = torch.tensor([9.0, 1.0, 2.0, 3.0, 2.0])
+    kl = torch.tensor([0.5, 0.1, 0.2, 4.0, 0.3])
+    assert _rows_kept(per_row, kl, 4, "loss").tolist() == [False, True, True, True, True]
+    assert _rows_kept(per_row, kl, 4, "kl").tolist() == [True, True, True, False, True]
+    # Ties at the cut stay in: two rows share the 3rd-lowest loss.
+    assert _rows_kept(per_row, kl, 3, "loss").tolist() == [False, True, True, False, True]
+
+
+def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch):
+    from anomvae import detector as module
+
+    real = module._rows_kept
+    seen = []
+
+    def spy(per_row, kl, n_kept, trim_by):
+        kept = real(per_row, kl, n_kept, trim_by)
+        seen.append((kl.detach().clone(), per_row.detach().clone(), kept, trim_by))
+        return kept
+
+    monkeypatch.setattr(module, "_rows_kept", spy)
+    common = dict(max_epochs=4, kl_warmup=2, n_iter_no_change=None, validation_fraction=0.0,
+                  batch_size=100, trim_fraction=0.1, random_state=0)
+    by_kl = quiet_fit(VAEAnomalyDetector(trim_by="kl", **common), inliers)
+    # Trimming starts after the warm-up: epochs 3 and 4, each batch of 100 loses 10 rows.
+    assert len(seen) == 2 * -(-len(inliers) // 100) and all(t == "kl" for *_, t in seen)
+    for kl, per_row, kept, _ in seen:
+        n = kl.shape[0]
+        assert int(kept.sum()) == n - int(0.1 * n)
+        assert kl[kept].max() <= kl[~kept].min()
+    # In some batch the rows worst by loss are not those worst by KL, so the fits differ.
+    assert any(not torch.equal(kept, real(per_row, kl, int(kept.sum()), "loss")) for kl, per_row, kept, _ in seen)
+    by_loss = quiet_fit(VAEAnomalyDetector(trim_by="loss", **common), inliers)
+    assert by_kl.history_["train_loss"][:2] == by_loss.history_["train_loss"][:2]
+    assert by_kl.history_["train_loss"][2:] != by_loss.history_["train_loss"][2:]
+
+
 def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
     from anomvae import detector as module
 
@@ -442,6 +482,7 @@ def test_cuda_training_matches_the_contract(inliers, test_set):
         ({"likelihood": "poisson"}, "likelihood"),
         ({"lr": 0.0}, "lr"),
         ({"trim_fraction": 0.5}, "trim_fraction"),
+        ({"trim_by": "score"}, "trim_by"),
         ({"batch_size": "large"}, "batch_size"),
     ],
 )

@@ -3,6 +3,7 @@
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,16 @@ def test_bad_model_files_give_one_clear_error(model_path, tmp_path, damage, mess
 def test_directory_is_not_a_model(tmp_path):
     with pytest.raises(ModelFileError, match="is a directory"):
         anomvae.load(tmp_path)
+
+
+def test_model_files_of_format_2_load_as_trimmed_by_the_loss():
+    # Written by anomvae at commit b19235c (model format 2), before trim_by
+    # existed, with the scores it gave. Those fits trimmed by the loss.
+    data = Path(__file__).parent / "data"
+    expected = np.load(data / "format2-expected.npz")
+    path = data / "format2-gaussian.anomvae"
+    assert read_metadata(path)["format_version"] == 2 and "trim_by" not in read_metadata(path)["params"]
+    detector = anomvae.load(path)
+    assert detector.get_params()["trim_by"] == "loss"
+    np.testing.assert_array_equal(detector.score_samples(expected["X"]), expected["scores"])
+    np.testing.assert_array_equal(load_for_scoring(path).score_samples(expected["X"]), expected["scores"])

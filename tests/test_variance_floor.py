@@ -117,7 +117,7 @@ def test_pickles_from_before_min_variance_keep_their_single_floor(train):
     X = make_low_rank(300)
     detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 5}), X)
     state = detector.__getstate__()
-    del state["min_variance"], state["min_variance_"]
+    del state["min_variance"], state["min_variance_"], state["trim_by"]
     state["_module_config"]["min_variance"] = DEFAULT_MIN_VARIANCE
     old = VAEAnomalyDetector.__new__(VAEAnomalyDetector)
     old.__setstate__(state)
@@ -125,6 +125,8 @@ def test_pickles_from_before_min_variance_keep_their_single_floor(train):
     np.testing.assert_array_equal(old.min_variance_, np.full(8, DEFAULT_MIN_VARIANCE))
     np.testing.assert_array_equal(old.score_samples(X), detector.score_samples(X))
     assert clone(old).get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
+    # They trimmed by the loss, which trim_by now names.
+    assert old.get_params()["trim_by"] == "loss" and detector.get_params()["trim_by"] == "kl"
 
 
 def test_floors_survive_a_model_file(auto_fit, train, tmp_path):
@@ -132,6 +134,7 @@ def test_floors_survive_a_model_file(auto_fit, train, tmp_path):
     anomvae.save(auto_fit, path)
     loaded = anomvae.load(path)
     np.testing.assert_array_equal(loaded.min_variance_, auto_fit.min_variance_)
+    assert loaded.get_params() == auto_fit.get_params()
     np.testing.assert_array_equal(loaded.score_samples(train), auto_fit.score_samples(train))
     np.testing.assert_array_equal(load_for_scoring(path).score_samples(train), auto_fit.score_samples(train))
 
@@ -150,6 +153,7 @@ def test_model_files_written_by_format_1_anomvae_score_as_they_did(likelihood):
     detector = anomvae.load(path)
     np.testing.assert_array_equal(detector.score_samples(X), expected[f"{likelihood}_scores"])
     np.testing.assert_array_equal(load_for_scoring(path).score_samples(X), expected[f"{likelihood}_scores"])
+    assert detector.get_params()["trim_by"] == "loss"
     if likelihood == "gaussian":
         assert detector.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE
         np.testing.assert_array_equal(detector.min_variance_, np.full(4, DEFAULT_MIN_VARIANCE))
