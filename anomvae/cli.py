@@ -90,8 +90,8 @@ ESTIMATOR_OPTIONS = [
     ("max_epochs", int, 400, "Maximum number of epochs."),
     ("batch_size", _AutoOr(int, {"auto": "auto"}), "auto", "Rows per optimisation step; auto = "
      "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
-    ("trim_fraction", float, 0.03, "Share of each batch's highest-loss rows left out of each step "
-     "after the KL warm-up; 0 keeps all."),
+    ("trim_fraction", float, 0.03, "Share of each batch left out of each step after the KL warm-up "
+     "(the rows --trim-by ranks worst); 0 keeps all."),
     ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows trim_fraction leaves out: "
      "the KL term (kl) or the negative ELBO (loss)."),
     ("lr", float, 3e-3, "Adam learning rate."),

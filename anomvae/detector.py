@@ -250,9 +250,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         Data with fewer rows than a batch form one batch.
     trim_fraction : float, default=0.03
         After the KL warm-up, each optimisation step leaves out this
-        fraction of its batch: the rows with the highest loss (the
-        ``floor(trim_fraction * batch)`` worst, so batches under 34 rows
-        lose none at 0.03). Anomalies in the training data then pull less
+        fraction of its batch: the ``floor(trim_fraction * batch)`` rows
+        that ``trim_by`` ranks worst, so batches under 34 rows lose none at
+        0.03. Anomalies in the training data then pull less
         on the model. Validation and scores always use every row. 0 trains
         on every row.
     trim_by : {"kl", "loss"}, default="kl"
