@@ -92,7 +92,7 @@ ESTIMATOR_OPTIONS = [
      "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
     ("trim_fraction", float, 0.03, "Share of each batch left out of each step after the KL warm-up "
      "(the rows --trim-by ranks worst); 0 keeps all."),
-    ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows trim_fraction leaves out: "
+    ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows --trim-fraction leaves out: "
      "the KL term (kl) or the negative ELBO (loss)."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
@@ -581,7 +581,8 @@ def info(model, as_json):
         # Per feature, in standardised units; None unless the likelihood is Gaussian.
         "variance_floors": None if floors is None else floors.tolist(),
         "device": fitted.get("device_"),
-        "params": metadata["params"],
+        # Files written before trim_by existed trimmed by the loss, as load() says.
+        "params": {"trim_by": "loss", **metadata["params"]},
         "training": {
             **metadata.get("extra", {}).get("training", {}),
             "epochs": fitted.get("n_epochs_"),

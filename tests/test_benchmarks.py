@@ -174,7 +174,9 @@ def test_outside_benchmark_runs(capsys):
     results = outside.main(["--quick", "--variant", 'loss={"trim_by": "loss"}'])
     assert list(results.model) == ["anomvae", "loss", "iforest"]
     assert results.roc_auc.between(0, 1).all() and (results.case == "digits 0-4 | 5-9").all()
-    assert "| mean rank |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    ahead = [f"{int(results.roc_auc[i] > results.roc_auc[2])} of 1" for i in (0, 1)]
+    assert f"| cases ahead of IsolationForest | {ahead[0]} | {ahead[1]} |  |" in out
 
 
 def test_outside_split_contaminates_both_parts_without_overlap():
@@ -192,10 +194,21 @@ def test_outside_split_contaminates_both_parts_without_overlap():
     assert outside.patches("china.jpg").shape == (53 * 80, 64)
 
 
-@pytest.mark.parametrize("variant", ["anomvae={}", "kl", 'kl=[1]', "kl={bad"])
-def test_outside_refuses_bad_variants(variant, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--variant", "anomvae={}"], "NAME not anomvae or iforest"),
+    (["--variant", "kl"], "expected NAME="),
+    (["--variant", "kl=[1]"], "JSON object"),
+    (["--variant", "kl={bad"], "not JSON"),
+    (["--variant", 'kl={"random_state": 1}'], "without random_state"),
+    (["--variant", 'kl={"trim_by": "score"}'], "trim_by"),
+    (["--variant", 'kl={"hidden": [8]}'], "hidden"),
+    (["--variant", "a={}", "--variant", "a={}"], "names repeat"),
+    (["--seeds", "0"], "--seeds"),
+    (["--rate", "0.5"], "--rate"),
+])
+def test_outside_refuses_bad_arguments(argv, message, capsys):
     import outside
 
     with pytest.raises(SystemExit):
-        outside.main(["--quick", "--variant", variant])
-    assert "--variant" in capsys.readouterr().err
+        outside.main(["--quick", *argv])
+    assert message in capsys.readouterr().err

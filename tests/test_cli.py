@@ -342,6 +342,15 @@ def test_info_text_and_json(model):
     assert len(data["variance_floors"]) == 21
     np.testing.assert_allclose(data["variance_floors"], _grid_variance_floor(X, X.std(axis=0)), rtol=1e-12)
     assert max(data["variance_floors"]) > 1e-3 and "variance:   floor 0.001 on " in text.stdout
+    assert data["params"]["trim_by"] == "kl" and "trim_by=kl" in text.stdout
+
+
+def test_info_of_a_file_from_before_trim_by_says_it_trimmed_by_the_loss():
+    # Written by anomvae at commit b19235c (model format 2), as load() reads it.
+    old = str(Path(__file__).parent / "data" / "format2-gaussian.anomvae")
+    assert json.loads(invoke("info", old, "--json").stdout)["params"]["trim_by"] == "loss"
+    assert "trim_by=loss" in invoke("info", old).stdout
+    assert anomvae.load(old).get_params()["trim_by"] == "loss"
 
 
 def test_info_of_a_damaged_network_configuration(model, tmp_path):

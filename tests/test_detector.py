@@ -166,7 +166,7 @@ def test_trained_parameters_own_their_memory(fitted, inliers):
 
 
 def test_trimming_leaves_out_each_batchs_worst_rows_after_warm_up(inliers):
-    common = dict(max_epochs=8, kl_warmup=3, n_iter_no_change=None, batch_size=100, random_state=0)
+    common = dict(max_epochs=8, kl_warmup=3, n_iter_no_change=None, batch_size=100, trim_by="loss", random_state=0)
     trimmed = quiet_fit(VAEAnomalyDetector(trim_fraction=0.1, **common), inliers).history_
     # The objective is the mean over the kept rows: during the warm-up it is
     # the mean over every row; after it, the 10% worst rows are left out.
@@ -196,8 +196,8 @@ def test_rows_kept_ranks_by_the_chosen_term():
     kl = torch.tensor([0.5, 0.1, 0.2, 4.0, 0.3])
     assert _rows_kept(per_row, kl, 4, "loss").tolist() == [False, True, True, True, True]
     assert _rows_kept(per_row, kl, 4, "kl").tolist() == [True, True, True, False, True]
-    # Ties at the cut stay in: two rows share the 3rd-lowest loss.
-    assert _rows_kept(per_row, kl, 3, "loss").tolist() == [False, True, True, False, True]
+    # Ties at the cut stay in: asked for 2 rows, it keeps the two that share the 2nd-lowest loss.
+    assert _rows_kept(per_row, kl, 2, "loss").tolist() == [False, True, True, False, True]
 
 
 def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch):
@@ -221,6 +221,14 @@ def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch)
         n = kl.shape[0]
         assert int(kept.sum()) == n - int(0.1 * n)
         assert kl[kept].max() <= kl[~kept].min()
+    # The spied terms are the training loop's own: per epoch, their totals
+    # give the recorded mean KL term and the trimmed objective.
+    per_epoch = len(seen) // 2
+    for epoch, calls in ((2, seen[:per_epoch]), (3, seen[per_epoch:])):
+        kl_total = sum(float(kl.sum()) for kl, *_ in calls)
+        loss_total = sum(float(per_row[kept].mean()) * len(per_row) for _, per_row, kept, _ in calls)
+        assert kl_total / len(inliers) == pytest.approx(by_kl.history_["train_kl"][epoch], rel=1e-5)
+        assert loss_total / len(inliers) == pytest.approx(by_kl.history_["train_loss"][epoch], rel=1e-5)
     # In some batch the rows worst by loss are not those worst by KL, so the fits differ.
     assert any(not torch.equal(kept, real(per_row, kl, int(kept.sum()), "loss")) for kl, per_row, kept, _ in seen)
     by_loss = quiet_fit(VAEAnomalyDetector(trim_by="loss", **common), inliers)
