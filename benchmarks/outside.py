@@ -36,7 +36,6 @@ from sklearn.datasets import load_digits, load_sample_image
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-ROOT = Path(__file__).resolve().parents[1]
 EVEN, ODD = [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]
 LOW, HIGH = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 # case name -> (source, normal class, anomaly class)
