@@ -212,7 +212,8 @@ def main(argv=None):
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="anomvae's random_state is the split seed + 100 x this (to measure seed variance)")
     parser.add_argument("--scores", type=Path, metavar="DIR",
-                        help="also save anomvae's test scores per dataset and seed here (for ensembles.py)")
+                        help="also save anomvae's test scores per dataset and seed here (for ensembles.py); "
+                        "the folder records --params and refuses fits with others")
     parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
     parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (timings are then not comparable)")
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "odds.csv")
@@ -247,6 +248,13 @@ def main(argv=None):
         if args.members != 1:
             parser.error("--scores saves single fits' scores; combine them with benchmarks/ensembles.py")
         args.scores.mkdir(parents=True, exist_ok=True)
+        # Score files are named by dataset, seed and offset only; the folder
+        # records the parameters, so fits of different variants never mix.
+        tag = args.scores / "params.json"
+        if tag.exists() and json.loads(tag.read_text()) != params:
+            parser.error(f"{args.scores} holds scores of fits with --params {tag.read_text().strip()}, "
+                         f"not {json.dumps(params, sort_keys=True)}; give --scores another folder")
+        tag.write_text(json.dumps(params, sort_keys=True) + "\n")
     tasks = [(p, s, m) for p in paths for s in range(args.seeds) for m in models]
     if args.jobs > 1:
         from joblib import Parallel, delayed

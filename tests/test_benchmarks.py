@@ -145,7 +145,7 @@ def test_ensembles_average_saved_scores(tmp_path, capsys):
         "--seed-offset", str(m), "--scores", str(tmp_path / "scores"), "--csv", str(tmp_path / f"{m}.csv"),
     ]) for m in (0, 1)]
     assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == [
-        "glass-0-0.npz", "glass-0-1.npz", "wine-0-0.npz", "wine-0-1.npz"]
+        "glass-0-0.npz", "glass-0-1.npz", "params.json", "wine-0-0.npz", "wine-0-1.npz"]
     rows, summary = ensembles.main([str(tmp_path / "scores"), "--members", "1", "2"])
     assert list(rows["offsets"]) == ["0", "1", "0 1"]
     for m, run in enumerate(runs):  # one member: the run's own ROC-AUC
@@ -166,6 +166,14 @@ def test_ensembles_average_saved_scores(tmp_path, capsys):
         odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
                    "--scores", str(tmp_path / "s2"), "--csv", str(tmp_path / "m.csv")])
     assert "--scores saves single fits' scores" in capsys.readouterr().err
+    # The folder keeps one variant's scores: fits with other --params are refused before they run.
+    before = sorted(p.name for p in (tmp_path / "scores").iterdir())
+    with pytest.raises(SystemExit):
+        odds.main(["--quick", "--datasets", "wine", "--seeds", "1", "--models", "anomvae", "--no-docs",
+                   "--seed-offset", "2", "--params", '{"trim_by": "loss"}',
+                   "--scores", str(tmp_path / "scores"), "--csv", str(tmp_path / "2.csv")])
+    assert '--params {"max_epochs": 3}, not {"max_epochs": 3, "trim_by": "loss"}' in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == before
 
 
 def test_outside_benchmark_runs(capsys):
