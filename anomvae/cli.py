@@ -94,6 +94,8 @@ ESTIMATOR_OPTIONS = [
      "(the rows --trim-by ranks worst); 0 keeps all."),
     ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows --trim-fraction leaves out: "
      "the KL term (kl) or the negative ELBO (loss)."),
+    ("refit_inliers", click.Choice(["false", "true", "auto"]), "false", "Train a second network without "
+     "the training rows the first one flags; auto = only when batches are trimmed (about 550+ rows)."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
@@ -121,8 +123,9 @@ def estimator_options(command):
 
 def _estimator_params(values):
     params = {param: values.pop(param) for param, *_ in ESTIMATOR_OPTIONS}
-    if isinstance(params["standardize"], str) and params["standardize"] != "auto":
-        params["standardize"] = params["standardize"] == "true"
+    for name in ("standardize", "refit_inliers"):
+        if isinstance(params[name], str) and params[name] != "auto":
+            params[name] = params[name] == "true"
     return params
 
 

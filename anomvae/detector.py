@@ -262,6 +262,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         models saved before this parameter existed were trained). The score
         is the whole negative ELBO either way; docs/scoring.md compares the
         two.
+    refit_inliers : bool or "auto", default=False
+        True: after training, leave out the training rows the fitted model
+        flags (by the ``contamination`` rule, as :meth:`predict` would) and
+        train a new network, from a fresh initialisation, on the rest. The
+        threshold is then set on every training row. Fitting takes about
+        twice as long. ``"auto"`` refits only when batch trimming is active
+        (``floor(trim_fraction * batch_size_) >= 1``, which the automatic
+        batch size reaches from about 550 training rows): on small data the
+        refit loses more than it gains (see docs/scoring.md).
     lr : float, default=3e-3
         Learning rate of the Adam optimiser.
     weight_decay : float, default=0.0
@@ -359,6 +368,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         what ``"auto"`` chose).
     best_epoch_ : int
         Epoch whose weights were kept.
+    n_refit_excluded_ : int or None
+        Training rows the refit left out (``refit_inliers``): 0 when the
+        first network flagged none, None when there was no refit. The
+        attributes above describe the refitted network, trained on the
+        other rows.
     device_ : str
         Device the model was trained on.
     n_features_in_ : int
@@ -407,6 +421,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "trim_fraction": [Interval(Real, 0, 0.5, closed="left")],
         "trim_by": [StrOptions({"loss", "kl"})],
+        "refit_inliers": ["boolean", StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -436,6 +451,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         batch_size="auto",
         trim_fraction=0.03,
         trim_by="kl",
+        refit_inliers=False,
         lr=3e-3,
         weight_decay=0.0,
         validation_fraction=0.1,
@@ -461,6 +477,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.trim_fraction = trim_fraction
         self.trim_by = trim_by
+        self.refit_inliers = refit_inliers
         self.lr = lr
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
@@ -506,7 +523,43 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
         self._check_domain(X)
         self.device_ = _resolve_device(self.device)
-        rng = _random_state(self.random_state)
+        self._fit_network(X, _random_state(self.random_state))
+        scores = self._score_samples(X)
+        if isinstance(self.refit_inliers, str):  # "auto": when batches are trimmed
+            refit = int(self.trim_fraction * self.batch_size_) >= 1
+        else:
+            refit = bool(self.refit_inliers)
+        self.n_refit_excluded_ = None
+        if refit:
+            # Train afresh without the rows this fit flags, so anomalies in
+            # the training data cannot shape the final network; the threshold
+            # is then set on every training row, as without a refit.
+            keep = -scores <= self._threshold_from(scores)[1]
+            self.n_refit_excluded_ = 0
+            if not keep.all() and keep.sum() >= 2:
+                self.n_refit_excluded_ = int((~keep).sum())
+                self._fit_network(X[keep], _random_state(self.random_state))
+                scores = self._score_samples(X)
+        self.training_scores_ = _subsample_sorted(-scores, _MAX_STORED_TRAINING_SCORES)
+        # A new fit makes any earlier calibration meaningless.
+        self.reference_scores_ = None
+        self.calibration_fpr_ = None
+        self.offset_, self.threshold_ = self._threshold_from(scores)
+        return self
+
+    def _threshold_from(self, scores):
+        """``(offset_, threshold_)`` that ``contamination`` sets from the
+        training rows' ``score_samples``."""
+        if self.contamination == "auto":
+            q1, q3 = np.percentile(-scores, [25.0, 75.0])
+            threshold = float(q3 + 1.5 * (q3 - q1))
+            return -threshold, threshold
+        offset = float(np.percentile(scores, 100.0 * self.contamination))
+        return offset, -offset
+
+    def _fit_network(self, X, rng):
+        """Scaling, variance floors and a freshly initialised network trained on ``X``."""
+        hidden_dims = tuple(self.hidden_dims)
         n_samples, n_features = X.shape
         conv = self.architecture == "conv"
         self.image_shape_ = _resolve_image_shape(self.image_shape, n_features) if conv else None
@@ -555,20 +608,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         n_val = int(self.validation_fraction * n_samples)
         val_rows, train_rows = order[:n_val], order[n_val:]
         self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
-
-        scores = self._score_samples(X)
-        self.training_scores_ = _subsample_sorted(-scores, _MAX_STORED_TRAINING_SCORES)
-        # A new fit makes any earlier calibration meaningless.
-        self.reference_scores_ = None
-        self.calibration_fpr_ = None
-        if self.contamination == "auto":
-            q1, q3 = np.percentile(-scores, [25.0, 75.0])
-            self.threshold_ = float(q3 + 1.5 * (q3 - q1))
-            self.offset_ = -self.threshold_
-        else:
-            self.offset_ = float(np.percentile(scores, 100.0 * self.contamination))
-            self.threshold_ = -self.offset_
-        return self
 
     def _train(self, X_train, X_val, seeds):
         device = self.device_
@@ -997,6 +1036,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             "n_epochs_": int(self.n_epochs_),
             "best_epoch_": int(self.best_epoch_),
             "batch_size_": int(self.batch_size_),
+            "n_refit_excluded_": self.n_refit_excluded_,
             "device_": self.device_,
             "module_config": self._module_config,
         }

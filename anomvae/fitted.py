@@ -119,6 +119,8 @@ def set_fitted_state(model, fitted, weights):
     reference = fitted.pop("reference_scores_", None)
     model.calibration_fpr_ = fitted.pop("calibration_fpr_", None)
     model.reference_scores_ = None if reference is None else np.asarray(reference, dtype=np.float64)
+    # Files written before refit_inliers existed had no refit.
+    model.n_refit_excluded_ = fitted.pop("n_refit_excluded_", None)
     history = fitted.pop("history_", None)
     if history is not None:
         model.history_ = {k: [float("nan") if v is None else v for v in values] for k, values in history.items()}

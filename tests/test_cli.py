@@ -104,8 +104,10 @@ def test_fit_exclude(tmp_path):
 
 def test_cli_defaults_are_the_estimators():
     defaults = VAEAnomalyDetector().get_params()
-    for param, _, default, _ in cli.ESTIMATOR_OPTIONS:
-        assert defaults[param] == default, param
+    # As the commands pass them on: "true"/"false" choices become booleans.
+    shown = cli._estimator_params({param: default for param, _, default, _ in cli.ESTIMATOR_OPTIONS})
+    for param, default in shown.items():
+        assert defaults[param] == default and type(defaults[param]) is type(default), param
     exposed = {param for param, *_ in cli.ESTIMATOR_OPTIONS}
     # image_shape comes from --image-size and --grayscale.
     assert exposed == set(defaults) - {"verbose", "image_shape"}
