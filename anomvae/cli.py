@@ -95,7 +95,7 @@ ESTIMATOR_OPTIONS = [
     ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows --trim-fraction leaves out: "
      "the KL term (kl) or the negative ELBO (loss)."),
     ("refit_inliers", click.Choice(["false", "true", "auto"]), "false", "Train a second network without "
-     "the training rows the first one flags; auto = only when batches are trimmed (about 550+ rows)."),
+     "the training rows the first one flags; auto = only when batches are trimmed (about 600+ rows)."),
     ("lr", float, 3e-3, "Adam learning rate."),
     ("weight_decay", float, 0.0, "Adam L2 penalty."),
     ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
