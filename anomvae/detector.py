@@ -521,8 +521,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             The fitted detector.
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        hidden_dims = tuple(self.hidden_dims)
-        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in hidden_dims):
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
         self._check_domain(X)
         self.device_ = _resolve_device(self.device)
@@ -564,7 +563,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _fit_network(self, X, rng):
         """Scaling, variance floors and a freshly initialised network trained on ``X``."""
-        hidden_dims = tuple(self.hidden_dims)
         n_samples, n_features = X.shape
         conv = self.architecture == "conv"
         self.image_shape_ = _resolve_image_shape(self.image_shape, n_features) if conv else None
@@ -590,7 +588,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self._module_config = {
             "architecture": self.architecture,
             "n_features": int(n_features),
-            "hidden_dims": [int(h) for h in hidden_dims],
+            "hidden_dims": [int(h) for h in self.hidden_dims],
             "latent_dim": self.latent_dim_,
             "likelihood": self.likelihood,
             "n_score_samples": int(self.n_score_samples),

@@ -61,6 +61,14 @@ def split(X, y, seed, cap=CAP):
     return X_train, X_test, y_train, y_test
 
 
+def load_split(path, seed, quick=False):
+    """One ODDS ``.npz`` file split by :func:`split` (parts capped at 400
+    rows with ``quick``): ``X_train, X_test, y_train, y_test``."""
+    data = np.load(path)
+    X, y = data["X"].astype(np.float64), data["y"].astype(int)
+    return split(X, y, seed, cap=400 if quick else CAP)
+
+
 class SeedAverage:
     """anomvae fitted with several ``random_state`` values; the score is the
     members' mean negative ELBO.  Used to measure how much the results move
@@ -142,9 +150,7 @@ def available_models():
 
 
 def run_one(path, seed, model, params, quick, members=1, seed_offset=0, scores_dir=None):
-    data = np.load(path)
-    X, y = data["X"].astype(np.float64), data["y"].astype(int)
-    X_train, X_test, y_train, y_test = split(X, y, seed, cap=400 if quick else CAP)
+    X_train, X_test, y_train, y_test = load_split(path, seed, quick)
     detector, scorer = make_detector(model, seed, params, members, seed_offset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,7 +167,7 @@ def run_one(path, seed, model, params, quick, members=1, seed_offset=0, scores_d
             # The test part's anomaly scores, for benchmarks/ensembles.py.
             np.savez(Path(scores_dir) / f"{path.stem}-{seed}-{seed_offset}.npz", scores=scores, y=y_test)
     return {
-        "dataset": path.stem, "seed": seed, "model": model, "n_train": len(X_train), "n_features": X.shape[1],
+        "dataset": path.stem, "seed": seed, "model": model, "n_train": len(X_train), "n_features": X_train.shape[1],
         "roc_auc": roc_auc_score(y_test, scores), "ap": average_precision_score(y_test, scores),
         "fit_s": fit_s, "score_s": score_s, **extra,
     }

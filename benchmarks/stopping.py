@@ -71,9 +71,7 @@ def trajectory(path, seed, seed_offset, epochs, params, quick):
     from anomvae import VAEAnomalyDetector
 
     torch.set_num_threads(1)
-    data = np.load(path)
-    X, y = data["X"].astype(np.float64), data["y"].astype(int)
-    X_train, X_test, _, y_test = odds.split(X, y, seed, cap=400 if quick else odds.CAP)
+    X_train, X_test, _, y_test = odds.load_split(path, seed, quick)
     test_auc = []
 
     class Recording(VAEAnomalyDetector):

@@ -17,7 +17,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -32,9 +31,7 @@ def pair(path, seed, offset):
     from anomvae import VAEAnomalyDetector
 
     torch.set_num_threads(1)
-    data = np.load(path)
-    X, y = data["X"].astype(float), data["y"].astype(int)
-    X_train, X_test, y_train, y_test = odds.split(X, y, seed)
+    X_train, X_test, y_train, y_test = odds.load_split(path, seed)
     random_state = seed + 100 * offset
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
