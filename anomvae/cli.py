@@ -339,7 +339,8 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
     if not quiet:
         click.echo(
             f"{output}: trained on {len(X)} rows x {len(features)} features for {detector.n_epochs_} "
-            f"epochs (best {detector.best_epoch_}); threshold {detector.threshold_:.4f} nats",
+            f"epochs (best {detector.best_epoch_}){_refit_note(detector.n_refit_excluded_)}; "
+            f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
 
@@ -366,10 +367,19 @@ def _fit_images(detector, data, output, image_size, grayscale, quiet):
     if not quiet:
         click.echo(
             f"{output}: trained on {len(paths)} images of {size[0]}x{size[1]} "
-            f"{'grey' if gray else 'RGB'} pixels for {detector.n_epochs_} epochs (best {detector.best_epoch_}); "
-            f"threshold {detector.threshold_:.4f} nats",
+            f"{'grey' if gray else 'RGB'} pixels for {detector.n_epochs_} epochs (best {detector.best_epoch_})"
+            f"{_refit_note(detector.n_refit_excluded_)}; threshold {detector.threshold_:.4f} nats",
             err=True,
         )
+
+
+def _refit_note(n_excluded):
+    """What ``refit_inliers`` did, for the fit and info summaries ('' when not asked for)."""
+    if n_excluded is None:
+        return ""
+    if n_excluded == 0:
+        return ", no refit (refit_inliers found no rows to leave out)"
+    return f", after a refit without the {n_excluded} rows the first network flagged"
 
 
 def _train_and_save(detector, X, output, extra, quiet):
@@ -590,6 +600,8 @@ def info(model, as_json):
             **metadata.get("extra", {}).get("training", {}),
             "epochs": fitted.get("n_epochs_"),
             "best_epoch": fitted.get("best_epoch_"),
+            # refit_inliers: rows the second network was trained without; None when no refit was asked for.
+            "refit_excluded": fitted.get("n_refit_excluded_"),
             "final_train_loss": (history.get("train_loss") or [None])[-1],
             # None when nothing was monitored (no validation split, no early stopping).
             "best_val_loss": min((v for v in history.get("val_loss") or [] if v is not None and v == v),
@@ -621,7 +633,8 @@ def info(model, as_json):
             if summary["calibration"] else "no (threshold from contamination)"
         ),
         f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
-        f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}; "
+        f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}"
+        f"{_refit_note(training['refit_excluded'])}; "
         f"final train loss {training['final_train_loss']:.4f}, " + (
             f"best validation loss {training['best_val_loss']:.4f}" if training["best_val_loss"] is not None
             else "no validation loss monitored"

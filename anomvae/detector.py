@@ -268,7 +268,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         train a new network on the rest, initialised from the same
         ``random_state``. The threshold is then set on every training row.
         Fitting takes about twice as long. ``"auto"`` refits only when batch
-        trimming is active (``floor(trim_fraction * batch_size_) >= 1``,
+        trimming is active (``floor(trim_fraction * b) >= 1`` for ``b`` the
+        smaller of ``batch_size_`` and the rows trained on,
         which the automatic batch size reaches from about 600 rows, 544
         after the validation split): on the small ODDS sets the refit lost
         more than it gained (see docs/scoring.md).
@@ -525,25 +526,40 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
         self._check_domain(X)
         self.device_ = _resolve_device(self.device)
-        self._fit_network(X, _random_state(self.random_state))
+        with warnings.catch_warnings(record=True) as first_warnings:
+            warnings.simplefilter("always")
+            n_train = self._fit_network(X, _random_state(self.random_state))
         scores = self._score_samples(X)
         if isinstance(self.refit_inliers, str):  # "auto": when batches are trimmed
-            refit = int(self.trim_fraction * self.batch_size_) >= 1
+            refit = int(self.trim_fraction * min(self.batch_size_, n_train)) >= 1
         else:
             refit = bool(self.refit_inliers)
         self.n_refit_excluded_ = None
+        keep = None
         if refit:
             # Train again without the rows this fit flags, so anomalies in
             # the training data shape the final network less; the threshold
             # is then set on every training row, as without a refit.
             keep = -scores <= self._threshold_from(scores)[1]
             self.n_refit_excluded_ = 0
-            if not keep.all() and keep.sum() >= 2:
-                self.n_refit_excluded_ = int((~keep).sum())
-                if self.verbose:
-                    print(f"refit without the {self.n_refit_excluded_} training rows the first network flags")
-                self._fit_network(X[keep], _random_state(self.random_state))
-                scores = self._score_samples(X)
+            if keep.all() or keep.sum() < 2:
+                keep = None
+        # The first network's warnings, said once and, when it is replaced,
+        # as the first network's.
+        for caught in first_warnings:
+            message = str(caught.message)
+            if keep is not None:
+                message = f"first network, before the refit_inliers refit: {message}"
+            warnings.warn(message, caught.category, stacklevel=2)
+        if keep is not None:
+            self.n_refit_excluded_ = int((~keep).sum())
+            if self.verbose:
+                print(
+                    f"refit without the {self.n_refit_excluded_} training rows the first network "
+                    f"({self.n_epochs_} epochs) flags"
+                )
+            self._fit_network(X[keep], _random_state(self.random_state))
+            scores = self._score_samples(X)
         self.training_scores_ = _subsample_sorted(-scores, _MAX_STORED_TRAINING_SCORES)
         # A new fit makes any earlier calibration meaningless.
         self.reference_scores_ = None
@@ -562,7 +578,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return offset, -offset
 
     def _fit_network(self, X, rng):
-        """Scaling, variance floors and a freshly initialised network trained on ``X``."""
+        """Scaling, variance floors and a freshly initialised network trained
+        on ``X``; returns how many rows it trained on (the rest validate)."""
         n_samples, n_features = X.shape
         conv = self.architecture == "conv"
         self.image_shape_ = _resolve_image_shape(self.image_shape, n_features) if conv else None
@@ -611,6 +628,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         n_val = int(self.validation_fraction * n_samples)
         val_rows, train_rows = order[:n_val], order[n_val:]
         self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
+        return len(train_rows)
 
     def _train(self, X_train, X_val, seeds):
         device = self.device_

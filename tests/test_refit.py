@@ -1,14 +1,22 @@
 """refit_inliers: a second network trained without the rows the first flags."""
 
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
+from anomvae.cli import main
 from anomvae.persistence import load_for_scoring
 
 from conftest import quiet_fit
 
+CARDIO = Path(__file__).resolve().parents[1] / "examples" / "data" / "cardio_train.csv"
 FAST = dict(max_epochs=12, kl_warmup=3, batch_size=40, random_state=0)
 
 
@@ -96,3 +104,54 @@ def test_refit_count_survives_a_model_file(refitted, contaminated, tmp_path):
 def test_bad_refit_value_is_named(inliers):
     with pytest.raises(ValueError, match="refit_inliers"):
         VAEAnomalyDetector(refit_inliers="always").fit(inliers)
+
+
+@pytest.mark.parametrize("n_rows, refits", [(30, False), (40, True)])
+def test_auto_reads_the_rows_a_batch_really_holds(inliers, n_rows, refits):
+    # A batch_size larger than the data gives one batch of the 27 (or 36)
+    # rows left after the validation split: 3% of 27 trims no row, of 36 one.
+    params = {**FAST, "batch_size": 1000, "max_epochs": 6}
+    auto = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **params), inliers[:n_rows])
+    assert auto.batch_size_ == 1000 and (auto.n_refit_excluded_ is not None) == refits
+
+
+def _convergence_messages(detector, X):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        detector.fit(X)
+    return [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_convergence_warnings_say_which_network(contaminated, inliers, monkeypatch):
+    # FAST stops at max_epochs before the patience of 20 runs out: each network warns once.
+    X, _ = contaminated
+    both = _convergence_messages(VAEAnomalyDetector(refit_inliers=True, **FAST), X)
+    assert len(both) == 2 and both[0].startswith("first network, before the refit_inliers refit: ")
+    assert both[1] == both[0].split(": ", 1)[1]
+    assert _convergence_messages(VAEAnomalyDetector(**FAST), X) == both[1:]
+    # No refit after all: the one network's warning, as it is.
+    monkeypatch.setattr(VAEAnomalyDetector, "_threshold_from", lambda self, scores: (-np.inf, np.inf))
+    assert _convergence_messages(VAEAnomalyDetector(refit_inliers=True, **FAST), inliers[:100]) == both[1:]
+
+
+def test_fit_and_info_say_what_the_refit_left_out(tmp_path):
+    path = tmp_path / "m.anomvae"
+    result = CliRunner().invoke(main, ["fit", str(CARDIO), "-o", str(path), "--max-epochs", "5",
+                                       "--random-state", "0", "--refit-inliers", "true"])
+    assert result.exit_code == 0, result.output
+    excluded = anomvae.load(path).n_refit_excluded_
+    assert excluded > 0
+    note = f"after a refit without the {excluded} rows the first network flagged"
+    assert note in result.stderr
+    assert note in CliRunner().invoke(main, ["info", str(path)]).stdout
+    info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
+    assert info["training"]["refit_excluded"] == excluded and info["params"]["refit_inliers"] is True
+
+
+def test_info_without_a_refit_says_nothing_of_it(tmp_path):
+    path = tmp_path / "m.anomvae"
+    assert CliRunner().invoke(main, ["fit", str(CARDIO), "-o", str(path), "--max-epochs", "3", "-q"]).exit_code == 0
+    training = [line for line in CliRunner().invoke(main, ["info", str(path)]).stdout.splitlines()
+                if line.startswith("training:")]
+    assert len(training) == 1 and "refit" not in training[0]
+    assert json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)["training"]["refit_excluded"] is None
