@@ -339,7 +339,8 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
     if not quiet:
         click.echo(
             f"{output}: trained on {len(X)} rows x {len(features)} features for {detector.n_epochs_} "
-            f"epochs (best {detector.best_epoch_}){_refit_note(detector.n_refit_excluded_)}; "
+            f"epochs (best {detector.best_epoch_})"
+            f"{_refit_note(detector.n_refit_excluded_, detector.refit_inliers)}; "
             f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
@@ -368,17 +369,18 @@ def _fit_images(detector, data, output, image_size, grayscale, quiet):
         click.echo(
             f"{output}: trained on {len(paths)} images of {size[0]}x{size[1]} "
             f"{'grey' if gray else 'RGB'} pixels for {detector.n_epochs_} epochs (best {detector.best_epoch_})"
-            f"{_refit_note(detector.n_refit_excluded_)}; threshold {detector.threshold_:.4f} nats",
+            f"{_refit_note(detector.n_refit_excluded_, detector.refit_inliers)}; "
+            f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
 
 
-def _refit_note(n_excluded):
-    """What ``refit_inliers`` did, for the fit and info summaries ('' when not asked for)."""
+def _refit_note(n_excluded, refit_inliers):
+    """What ``refit_inliers`` did, for the fit and info summaries ('' when no refit was asked for)."""
     if n_excluded is None:
-        return ""
+        return ", no refit (auto: batches not trimmed)" if refit_inliers == "auto" else ""
     if n_excluded == 0:
-        return ", no refit (refit_inliers found no rows to leave out)"
+        return ", no refit (the first network flagged no rows, or too many to train on)"
     return f", after a refit without the {n_excluded} rows the first network flagged"
 
 
@@ -634,7 +636,7 @@ def info(model, as_json):
         ),
         f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
         f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}"
-        f"{_refit_note(training['refit_excluded'])}; "
+        f"{_refit_note(training['refit_excluded'], summary['params'].get('refit_inliers'))}; "
         f"final train loss {training['final_train_loss']:.4f}, " + (
             f"best validation loss {training['best_val_loss']:.4f}" if training["best_val_loss"] is not None
             else "no validation loss monitored"

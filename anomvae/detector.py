@@ -269,7 +269,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ``random_state``. The threshold is then set on every training row.
         Fitting takes about twice as long. ``"auto"`` refits only when batch
         trimming is active (``floor(trim_fraction * b) >= 1`` for ``b`` the
-        smaller of ``batch_size_`` and the rows trained on,
+        smaller of ``batch_size_`` and the rows trained on, and
+        ``max_epochs > kl_warmup``,
         which the automatic batch size reaches from about 600 rows, 544
         after the validation split): on the small ODDS sets the refit lost
         more than it gained (see docs/scoring.md).
@@ -526,12 +527,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
         self._check_domain(X)
         self.device_ = _resolve_device(self.device)
-        with warnings.catch_warnings(record=True) as first_warnings:
-            warnings.simplefilter("always")
-            n_train = self._fit_network(X, _random_state(self.random_state))
+        n_train, converged = self._fit_network(X, _random_state(self.random_state))
         scores = self._score_samples(X)
-        if isinstance(self.refit_inliers, str):  # "auto": when batches are trimmed
-            refit = int(self.trim_fraction * min(self.batch_size_, n_train)) >= 1
+        if isinstance(self.refit_inliers, str):
+            # "auto": when batches are trimmed, i.e. 3% of a batch (at most
+            # the rows trained on) is a row, and training runs past the
+            # warm-up, after which trimming starts.
+            refit = (int(self.trim_fraction * min(self.batch_size_, n_train)) >= 1
+                     and self.max_epochs > (self.kl_warmup or 0))
         else:
             refit = bool(self.refit_inliers)
         self.n_refit_excluded_ = None
@@ -544,13 +547,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.n_refit_excluded_ = 0
             if keep.all() or keep.sum() < 2:
                 keep = None
-        # The first network's warnings, said once and, when it is replaced,
-        # as the first network's.
-        for caught in first_warnings:
-            message = str(caught.message)
-            if keep is not None:
-                message = f"first network, before the refit_inliers refit: {message}"
-            warnings.warn(message, caught.category, stacklevel=2)
+        if not converged:
+            self._warn_not_converged(" (first network, before the refit_inliers refit)" if keep is not None else "")
         if keep is not None:
             self.n_refit_excluded_ = int((~keep).sum())
             if self.verbose:
@@ -558,8 +556,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     f"refit without the {self.n_refit_excluded_} training rows the first network "
                     f"({self.n_epochs_} epochs) flags"
                 )
-            self._fit_network(X[keep], _random_state(self.random_state))
+            _, converged = self._fit_network(X[keep], _random_state(self.random_state))
             scores = self._score_samples(X)
+            if not converged:
+                self._warn_not_converged("")
         self.training_scores_ = _subsample_sorted(-scores, _MAX_STORED_TRAINING_SCORES)
         # A new fit makes any earlier calibration meaningless.
         self.reference_scores_ = None
@@ -579,7 +579,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _fit_network(self, X, rng):
         """Scaling, variance floors and a freshly initialised network trained
-        on ``X``; returns how many rows it trained on (the rest validate)."""
+        on ``X``. Returns how many rows it trained on (the rest validate) and
+        whether training converged (early stopping ended it, or none was
+        asked for)."""
         n_samples, n_features = X.shape
         conv = self.architecture == "conv"
         self.image_shape_ = _resolve_image_shape(self.image_shape, n_features) if conv else None
@@ -627,8 +629,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         order = rng.permutation(n_samples)
         n_val = int(self.validation_fraction * n_samples)
         val_rows, train_rows = order[:n_val], order[n_val:]
-        self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
-        return len(train_rows)
+        converged = self._train(X_scaled[train_rows], X_scaled[val_rows] if n_val else None, seeds[1:])
+        return len(train_rows), converged
 
     def _train(self, X_train, X_val, seeds):
         device = self.device_
@@ -721,12 +723,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.history_ = history
         self.n_epochs_ = epoch
         self.best_epoch_ = best_epoch
-        if self.n_iter_no_change is not None and not stopped_early:
-            warnings.warn(
-                f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the "
-                "validation loss stopped improving; consider a larger max_epochs.",
-                ConvergenceWarning,
-            )
+        return self.n_iter_no_change is None or stopped_early
+
+    def _warn_not_converged(self, which):
+        warnings.warn(
+            f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the "
+            f"validation loss stopped improving{which}; consider a larger max_epochs.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
 
     def _report_epoch(self, history, epoch):
         record = {key: values[-1] for key, values in history.items()}

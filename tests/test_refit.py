@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.cli import main
+from anomvae.cli import _refit_note, main
 from anomvae.persistence import load_for_scoring
 
 from conftest import quiet_fit
@@ -106,6 +106,15 @@ def test_bad_refit_value_is_named(inliers):
         VAEAnomalyDetector(refit_inliers="always").fit(inliers)
 
 
+def test_auto_does_not_refit_when_training_ends_within_the_warm_up(contaminated):
+    # Trimming starts after kl_warmup (3 in FAST) epochs: with 3 epochs no row is ever trimmed.
+    X, _ = contaminated
+    params = {**FAST, "batch_size": 34}
+    within = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **{**params, "max_epochs": 3}), X)
+    past = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **{**params, "max_epochs": 4}), X)
+    assert within.n_refit_excluded_ is None and past.n_refit_excluded_ is not None
+
+
 @pytest.mark.parametrize("n_rows, refits", [(30, False), (40, True)])
 def test_auto_reads_the_rows_a_batch_really_holds(inliers, n_rows, refits):
     # A batch_size larger than the data gives one batch of the 27 (or 36)
@@ -115,23 +124,46 @@ def test_auto_reads_the_rows_a_batch_really_holds(inliers, n_rows, refits):
     assert auto.batch_size_ == 1000 and (auto.n_refit_excluded_ is not None) == refits
 
 
-def _convergence_messages(detector, X):
+def _convergence_warnings(detector, X):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         detector.fit(X)
-    return [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    return [w for w in caught if issubclass(w.category, ConvergenceWarning)]
 
 
 def test_convergence_warnings_say_which_network(contaminated, inliers, monkeypatch):
     # FAST stops at max_epochs before the patience of 20 runs out: each network warns once.
     X, _ = contaminated
-    both = _convergence_messages(VAEAnomalyDetector(refit_inliers=True, **FAST), X)
-    assert len(both) == 2 and both[0].startswith("first network, before the refit_inliers refit: ")
-    assert both[1] == both[0].split(": ", 1)[1]
-    assert _convergence_messages(VAEAnomalyDetector(**FAST), X) == both[1:]
+    both = _convergence_warnings(VAEAnomalyDetector(refit_inliers=True, **FAST), X)
+    plain = _convergence_warnings(VAEAnomalyDetector(**FAST), X)
+    assert len(both) == 2 and len(plain) == 1
+    first, second = (str(w.message) for w in both)
+    assert "improving (first network, before the refit_inliers refit); consider" in first
+    assert second == str(plain[0].message) and "first network" not in second
+    # Said from anomvae's own code, where module filters look for it.
+    assert all(Path(w.filename).name == "detector.py" for w in both + plain)
     # No refit after all: the one network's warning, as it is.
     monkeypatch.setattr(VAEAnomalyDetector, "_threshold_from", lambda self, scores: (-np.inf, np.inf))
-    assert _convergence_messages(VAEAnomalyDetector(refit_inliers=True, **FAST), inliers[:100]) == both[1:]
+    kept = _convergence_warnings(VAEAnomalyDetector(refit_inliers=True, **FAST), inliers[:100])
+    assert [str(w.message) for w in kept] == [second]
+
+
+def test_a_filter_on_the_message_hides_both_networks_warnings(contaminated):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message="VAEAnomalyDetector reached max_epochs")
+        VAEAnomalyDetector(refit_inliers=True, **FAST).fit(contaminated[0])
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+@pytest.mark.parametrize("n_excluded, refit_inliers, note", [
+    (None, False, ""),
+    (None, "auto", ", no refit (auto: batches not trimmed)"),
+    (0, True, ", no refit (the first network flagged no rows, or too many to train on)"),
+    (7, "auto", ", after a refit without the 7 rows the first network flagged"),
+])
+def test_refit_note(n_excluded, refit_inliers, note):
+    assert _refit_note(n_excluded, refit_inliers) == note
 
 
 def test_fit_and_info_say_what_the_refit_left_out(tmp_path):
@@ -154,4 +186,5 @@ def test_info_without_a_refit_says_nothing_of_it(tmp_path):
     training = [line for line in CliRunner().invoke(main, ["info", str(path)]).stdout.splitlines()
                 if line.startswith("training:")]
     assert len(training) == 1 and "refit" not in training[0]
-    assert json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)["training"]["refit_excluded"] is None
+    info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
+    assert info["training"]["refit_excluded"] is None
