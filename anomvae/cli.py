@@ -25,6 +25,9 @@ from . import __version__
 EXIT_ANOMALIES = 1
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+# The shell's codes for a process ended by SIGINT and SIGPIPE (128 + signal).
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class InputError(click.ClickException):
@@ -209,6 +212,28 @@ def _input_errors(function):
 
 
 class _Group(click.Group):
+    def invoke(self, ctx):
+        # click itself would end both with exit code 1, which here means
+        # "anomalies found, output complete"; neither is that.
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                # A closed pipe shows on this flush, here rather than at exit.
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            with contextlib.suppress(OSError):
+                click.echo("\nError: interrupted; no output file was written or replaced", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader of standard output went away: results are incomplete.
+            # Point stdout at /dev/null so the exit's final flush cannot fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError):
+                click.echo("Error: standard output was closed before every result was written", err=True)
+            ctx.exit(EXIT_BROKEN_PIPE)
+
     def main(self, *args, **kwargs):
         try:
             return super().main(*args, **kwargs)
@@ -234,6 +259,8 @@ def main():
       1  anomalies found (only with score --fail-on-anomaly)
       2  usage or input error
       3  internal error
+      130  interrupted (Ctrl-C)
+      141  standard output closed early (results incomplete)
     """
 
 

@@ -323,6 +323,48 @@ def test_internal_errors_exit_3(model, monkeypatch):
     assert "internal error: RuntimeError: boom" in result.stderr
 
 
+def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    from anomvae import scoring
+
+    real_write = scoring._write
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # a Ctrl-C between chunks
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr("anomvae.scoring._write", interrupted)
+    result = invoke("score", model, NEW, "-o", tmp_path / "out.csv", "--chunk-size", "100")
+    assert result.exit_code == 130 and len(calls) == 2
+    assert "Error: interrupted" in result.stderr
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(os.listdir(tmp_path)) == ["out.csv"]
+
+
+def test_closed_stdout_exits_141_not_1(model, tmp_path):
+    # `anomvae score ... --fail-on-anomaly | head -1`: the results are
+    # incomplete, so neither 0 nor 1 ("output complete") may come back.
+    columns = pd.read_csv(TRAIN, nrows=0).columns[1:]
+    rows = np.random.RandomState(0).normal(size=(60_000, len(columns)))
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.insert(0, "record_id", [f"r{i}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    script = Path(sys.executable).with_name("anomvae")
+    with subprocess.Popen([str(script), "score", str(model), str(tmp_path / "big.csv"), "--fail-on-anomaly"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        first = process.stdout.readline()
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        code = process.wait(timeout=120)
+    assert first == b"record_id,anomaly_score,is_anomaly\n", stderr
+    assert code == 141, stderr
+    assert "Error: standard output was closed before every result was written" in stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
 # ------------------------------------------------------------------ info
 
 
