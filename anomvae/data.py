@@ -7,7 +7,10 @@ Line numbers count the header as line 1 and assume one line per record
 the numbering stays exact.
 """
 
+import contextlib
+import csv
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -28,16 +31,58 @@ def _source(path):
     return sys.stdin if path == "-" else path
 
 
+def _first_line_with_extra_values(path, delimiter):
+    """Line number (header = 1) of the first line holding a non-empty value
+    beyond the header's columns, for a plain file on disk; else None."""
+    if path == "-" or str(path).endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")):
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            lines = csv.reader(handle, delimiter=delimiter, skipinitialspace=True)
+            width = len(next(lines, []))
+            for number, fields in enumerate(lines, start=2):
+                if any(field.strip() for field in fields[width:]):
+                    return number
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _no_extra_fields(path, delimiter):
+    """Turn pandas' warning about lines with more fields than the header
+    into a :class:`DataError`: those values would be dropped silently. (A
+    trailing delimiter on a line adds an empty field, which pandas drops
+    without a warning, and which loses nothing.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Length of header or names does not match",
+                                category=pd.errors.ParserWarning)
+        try:
+            yield
+        except pd.errors.ParserWarning:
+            line = _first_line_with_extra_values(path, delimiter)
+            where = "a line" if line is None else f"line {line}"
+            raise DataError(
+                f"{display_name(path)}: {where} has more values than the header has columns "
+                f"(delimiter {delimiter!r}); name every column in the header"
+            ) from None
+
+
 def _read(path, delimiter, **kwargs):
     name = display_name(path)
     try:
-        return pd.read_csv(
-            _source(path), sep=delimiter, skip_blank_lines=False, skipinitialspace=True, **kwargs
-        )
+        # index_col=False: when lines hold one field more than the header
+        # (a trailing delimiter), pandas would otherwise take the first
+        # column as the index and shift every value one column to the left.
+        with _no_extra_fields(path, delimiter):
+            return pd.read_csv(
+                _source(path), sep=delimiter, skip_blank_lines=False, skipinitialspace=True, index_col=False,
+                **kwargs,
+            )
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: the file is empty (no header line)") from None
     except pd.errors.ParserError as exc:
-        raise DataError(f"{name}: cannot be parsed as CSV with delimiter {delimiter!r}: {exc}") from None
+        raise DataError(f"{name}: cannot be parsed as CSV with delimiter {delimiter!r}: {str(exc).strip()}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{name}: not a text CSV file ({exc})") from None
     except (OSError, EOFError) as exc:
@@ -80,7 +125,7 @@ def iter_csv(path, *, columns, chunk_size, delimiter=",", dtype=None):
     name = display_name(path)
     checked, n_rows = False, 0
     with _read(path, delimiter, chunksize=chunk_size, dtype=dtype) as reader:
-        for chunk in reader:
+        for chunk in _checked_chunks(reader, path, delimiter):
             if not checked:
                 _check_delimiter(chunk.columns, name, delimiter)
                 missing = [c for c in columns if c not in chunk.columns]
@@ -92,6 +137,22 @@ def iter_csv(path, *, columns, chunk_size, delimiter=",", dtype=None):
                 yield chunk
     if not n_rows:
         raise DataError(f"{name}: the file has a header but no data rows")
+
+
+def _checked_chunks(reader, path, delimiter):
+    """The reader's chunks, each read under :func:`_no_extra_fields`, with
+    a malformed line further down named as :func:`_read` names one."""
+    while True:
+        try:
+            with _no_extra_fields(path, delimiter):
+                chunk = next(reader, None)
+        except pd.errors.ParserError as exc:
+            raise DataError(
+                f"{display_name(path)}: cannot be parsed as CSV with delimiter {delimiter!r}: {str(exc).strip()}"
+            ) from None
+        if chunk is None:
+            return
+        yield chunk
 
 
 def select_features(frame, *, columns=None, exclude=(), id_columns=(), name):

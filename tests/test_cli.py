@@ -260,6 +260,39 @@ def _write(tmp_path, text, name="data.csv"):
     return path
 
 
+def test_a_trailing_delimiter_shifts_no_column(model, tmp_path):
+    # Every data line ends in a delimiter: one empty field more than the
+    # header. pandas would make the first column the index and shift the rest.
+    trailing = _write(tmp_path, "".join(
+        line + ("," if number else "") + "\n" for number, line in enumerate(NEW.read_text().splitlines())
+    ))
+    plain = score_frame(invoke("score", model, NEW))
+    shifted = score_frame(invoke("score", model, trailing))
+    pd.testing.assert_frame_equal(shifted, plain)
+    result = invoke("fit", trailing, "-o", tmp_path / "m", "--id-column", "record_id", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert list(anomvae.load(tmp_path / "m").feature_names_in_) == list(pd.read_csv(NEW, nrows=0).columns[1:])
+
+
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_values_beyond_the_header_are_named(model, tmp_path, command):
+    lines = NEW.read_text().splitlines()
+    lines[1] += ","  # a trailing delimiter loses nothing; a value beyond the header would be lost
+    lines[4] += ",7"
+    data = _write(tmp_path, "\n".join(lines) + "\n")
+    args = ["fit", data, "-o", tmp_path / "m"] if command == "fit" else ["score", model, data]
+    assert_input_error(invoke(*args), "data.csv: line 5 has more values than the header has columns")
+    assert not (tmp_path / "m").exists()
+
+
+def test_malformed_line_far_down_a_file_is_named(model, tmp_path):
+    lines = NEW.read_text().splitlines()
+    lines[300] += ",7"  # a longer line after the first chunk: the parser's own error, with the file
+    data = _write(tmp_path, "\n".join(lines) + "\n")
+    assert_input_error(invoke("score", model, data, "--chunk-size", "100"),
+                       "data.csv: cannot be parsed as CSV", "line 301")
+
+
 def test_missing_model_columns_are_listed(model, new_frame, tmp_path):
     new_frame.drop(columns=["AC", "Mean"]).to_csv(tmp_path / "d.csv", index=False)
     assert_input_error(invoke("score", model, tmp_path / "d.csv"), "missing column(s) 'AC', 'Mean'")
