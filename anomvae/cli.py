@@ -184,11 +184,14 @@ def atomic_output(path, mode="w"):
         yield sys.stdout if "b" not in mode else sys.stdout.buffer
         return
     directory = os.path.dirname(os.path.abspath(path))
+    from .persistence import replacement_mode
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
+        os.chmod(tmp, replacement_mode(path))
         with os.fdopen(fd, mode, newline="" if "b" not in mode else None) as handle:
             yield handle
         os.replace(tmp, path)
@@ -499,7 +502,12 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold
-    with atomic_output(output) as stream:
+    with contextlib.ExitStack() as outputs:
+        # The summary's temporary file first: an unwritable --summary-json
+        # fails before anything is scored, and it is renamed into place
+        # after the results, so a failure leaves neither file replaced.
+        summary_stream = outputs.enter_context(atomic_output(summary_json)) if summary_json else None
+        stream = outputs.enter_context(atomic_output(output))
         if image_model:
             summary = score_images(
                 detector, data, stream, threshold=cut, fmt=fmt, batch_size=chunk_size or 256,
@@ -513,10 +521,9 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                 # Only the stderr warning and the JSON summary read the shift test.
                 shift_test=bool(summary_json) or not quiet,
             )
-    if summary_json:
-        with atomic_output(summary_json) as stream:
-            json.dump({"file": readers.display_name(data), "model": model, **summary}, stream, indent=2)
-            stream.write("\n")
+        if summary_stream is not None:
+            json.dump({"file": readers.display_name(data), "model": model, **summary}, summary_stream, indent=2)
+            summary_stream.write("\n")
     shift = summary.get("score_shift")
     if shift and shift["shifted"] and not quiet:
         click.echo(

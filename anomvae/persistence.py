@@ -23,6 +23,7 @@ import copy
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -88,6 +89,7 @@ def save(detector, path, *, extra=None):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, replacement_mode(path))
         with os.fdopen(fd, "wb") as handle:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(METADATA_NAME, json.dumps(metadata, indent=1, allow_nan=True))
@@ -98,6 +100,32 @@ def save(detector, path, *, extra=None):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def replacement_mode(path):
+    """Permission bits for a file written under a temporary name and renamed
+    to ``path``: those of the file it replaces, else what a plain ``open``
+    would give (0o666 less the umask). ``mkstemp`` alone gives 0o600."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+def _umask():
+    # Reading the umask means setting it; /proc tells it without that
+    # (Linux), so threads never see a changed umask there.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _open(path):

@@ -181,3 +181,36 @@ def test_failed_score_writes_no_summary(files, tmp_path):
     target = tmp_path / "summary.json"
     result = invoke("score", files / "plain.anomvae", tmp_path / "bad.csv", "--summary-json", target)
     assert result.exit_code == 2 and not target.exists()
+
+
+def test_unwritable_summary_replaces_no_results(files, tmp_path, monkeypatch):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    scored = []
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a: scored.append(a))
+    result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                    "--summary-json", tmp_path / "no-such-folder" / "summary.json")
+    assert result.exit_code == 2 and "cannot write" in result.stderr and "summary.json" in result.stderr
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"] and scored == []
+
+
+def test_results_and_summary_are_written_with_the_umask(files, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                        "--summary-json", tmp_path / "summary.json", "-q")
+        assert result.exit_code == 0, result.output
+        fitted = invoke("fit", files / "batch.csv", "-o", tmp_path / "m.anomvae", "--max-epochs", "2", "-q")
+        assert fitted.exit_code == 0, fitted.output
+    finally:
+        os.umask(previous)
+    for name in ("out.csv", "summary.json", "m.anomvae"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    # A file replaced in place keeps its own permissions.
+    (tmp_path / "m.anomvae").chmod(0o644)
+    calibrated = invoke("calibrate", tmp_path / "m.anomvae", files / "batch.csv", "--fpr", "0.1", "-q")
+    assert calibrated.exit_code == 0, calibrated.output
+    assert stat.S_IMODE((tmp_path / "m.anomvae").stat().st_mode) == 0o644
