@@ -5,6 +5,7 @@ command does: chunk by chunk, with bounded memory, every input row accounted
 for in the output.
 """
 
+import contextlib
 import re
 import heapq
 
@@ -462,28 +463,62 @@ def score_images(detector, source, stream, *, threshold=None, fmt="csv", batch_s
         raise ValueError("this model was not trained on images; score a CSV file with it")
     threshold = detector.threshold_ if threshold is None else float(threshold)
     summary = _new_summary(threshold)
-    if heatmaps is not None:
-        os.makedirs(heatmaps, exist_ok=True)
     header = True
     batches = readers.iter_images(source, size=shape[1:], grayscale=shape[0] == 1, batch_size=batch_size,
                                   skip_unreadable=mark_invalid)
-    for paths, pixels, problems in batches:
-        valid = np.array([p is None for p in problems])
-        scores = np.full(len(paths), np.nan)
-        if valid.any():
-            scores[valid] = -detector.score_samples(pixels[valid])
-        if heatmaps is not None and valid.any():
-            contributions = detector.feature_contributions(pixels[valid])
-            for row, i in enumerate(np.flatnonzero(valid)):
-                stem = os.path.splitext(os.path.basename(paths[i]))[0]
-                number = summary["rows"] + i + 1
-                picture = heatmap_image(pixels[i], contributions[row], shape)
-                picture.save(os.path.join(heatmaps, f"{number:06d}_{stem}.png"))
-        _emit({"path": paths}, scores, valid, [p for p in problems if p is not None], stream, summary, fmt=fmt,
-              header=header, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
-        header = False
-    stream.flush()
+    with _staged_folder(heatmaps) as staging:
+        for paths, pixels, problems in batches:
+            valid = np.array([p is None for p in problems])
+            scores = np.full(len(paths), np.nan)
+            if valid.any():
+                scores[valid] = -detector.score_samples(pixels[valid])
+            if staging is not None and valid.any():
+                contributions = detector.feature_contributions(pixels[valid])
+                for row, i in enumerate(np.flatnonzero(valid)):
+                    stem = os.path.splitext(os.path.basename(paths[i]))[0]
+                    number = summary["rows"] + i + 1
+                    picture = heatmap_image(pixels[i], contributions[row], shape)
+                    try:
+                        picture.save(os.path.join(staging, f"{number:06d}_{stem}.png"))
+                    except OSError as exc:
+                        raise readers.DataError(
+                            f"cannot write heatmaps to {os.path.abspath(heatmaps)}: {exc.strerror or exc}"
+                        ) from None
+            _emit({"path": paths}, scores, valid, [p for p in problems if p is not None], stream, summary,
+                  fmt=fmt, header=header, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
+            header = False
+        stream.flush()
     return summary
+
+
+@contextlib.contextmanager
+def _staged_folder(target):
+    """A temporary folder beside ``target`` whose files move into ``target``
+    (created if need be) only when the block succeeds; on any error it is
+    removed, so a failed command adds no file to ``target``. None gives None."""
+    import os
+    import shutil
+    import tempfile
+
+    if target is None:
+        yield None
+        return
+    target = os.path.abspath(target)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".anomvae-", dir=os.path.dirname(target))
+    except OSError as exc:
+        raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        try:
+            os.makedirs(target, exist_ok=True)
+            for name in sorted(os.listdir(staging)):
+                os.replace(os.path.join(staging, name), os.path.join(target, name))
+        except OSError as exc:
+            raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _explanations(detector, X, flagged, features, n_features, fmt):

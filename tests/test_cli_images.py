@@ -105,6 +105,25 @@ def test_heatmaps_one_png_per_image(image_model, new_images, tmp_path):
     assert (pixels[..., 0] > pixels[..., 1]).any()  # some red where the score comes from
 
 
+def test_failed_score_adds_no_heatmap(image_model, new_images, tmp_path):
+    # The broken image comes in the second batch of two: the first batch's
+    # heatmaps were drawn before the error, and must not be left behind.
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "earlier.png").write_bytes(b"kept")
+    broken = new_images / "7_000.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "maps", "--chunk-size", "2")
+    assert_input_error(result, "7_000.png", "not a readable image")
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["earlier.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "new"]
+
+
+def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "file" / "maps")
+    assert_input_error(result, "cannot write heatmaps to", "file/maps")
+
+
 def test_truncated_image_is_named_or_marked(image_model, new_images, tmp_path):
     broken = new_images / "0_002.png"
     broken.write_bytes(broken.read_bytes()[:40])
