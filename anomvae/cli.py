@@ -356,11 +356,14 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
     if invalid.any():
         if invalid_rows == "error":
             raise readers.invalid_rows_error(name, frame, invalid, reasons, "fix them or pass --invalid-rows skip")
-        if not quiet:
-            lines = ", ".join(str(row + 2) for row in frame.index[invalid])
-            click.echo(f"{name}: skipped {invalid.sum()} row(s) with empty, NaN or infinite values "
-                       f"at line(s) {lines}", err=True)
         X = X[~invalid]
+        if len(X) < 2:
+            raise InputError(f"{name}: {len(X)} row(s) left after skipping {invalid.sum()} with empty, NaN or "
+                             f"infinite values (line(s) {readers.lines_text(frame.index[invalid])}); "
+                             "fit needs at least 2")
+        if not quiet:
+            click.echo(f"{name}: skipped {invalid.sum()} row(s) with empty, NaN or infinite values "
+                       f"at line(s) {readers.lines_text(frame.index[invalid])}", err=True)
 
     import pandas as pd
 
@@ -567,6 +570,10 @@ def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
 
     detector, metadata = _load_model(model)
     X, skipped = read_reference_csv(detector, data, delimiter=delimiter, skip_invalid=invalid_rows == "skip")
+    skipped_text = readers.lines_text([line - 2 for line in skipped])
+    if not len(X):
+        raise InputError(f"{readers.display_name(data)}: every row was skipped for empty, NaN or infinite values "
+                         f"(line(s) {skipped_text}); nothing to calibrate on")
     detector.calibrate(X, fpr=fpr)
     output = output or model
     try:
@@ -576,7 +583,8 @@ def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
     if not quiet:
         name = readers.display_name(data)
         if skipped:
-            click.echo(f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values", err=True)
+            click.echo(f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values "
+                       f"at line(s) {skipped_text}", err=True)
         click.echo(
             f"{output}: calibrated on {len(X)} rows of {name} for a false-alarm rate of {fpr:g}; "
             f"threshold {detector.threshold_:.4f} nats",

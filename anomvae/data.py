@@ -196,7 +196,8 @@ def _line(row):
     return int(row) + 2
 
 
-def _lines_text(rows):
+def lines_text(rows):
+    """Line numbers of 0-based data ``rows``, the first few and how many more."""
     lines = [str(_line(r)) for r in rows[:_MAX_LINES_SHOWN]]
     more = len(rows) - _MAX_LINES_SHOWN
     return ", ".join(lines) + (f" and {more} more" if more > 0 else "")
@@ -250,7 +251,7 @@ def invalid_rows(X, frame, columns):
 def invalid_rows_error(name, frame, mask, reasons, hint):
     rows = frame.index[mask]
     return DataError(
-        f"{name}: {len(rows)} row(s) with empty, NaN or infinite values at line(s) {_lines_text(rows)} "
+        f"{name}: {len(rows)} row(s) with empty, NaN or infinite values at line(s) {lines_text(rows)} "
         f"(line {_line(rows[0])}: {reasons[0]}); {hint}"
     )
 

@@ -131,6 +131,12 @@ def test_fit_rows_with_missing_values(tmp_path):
     assert skipped.exit_code == 0
     assert "skipped 3 row(s)" in skipped.stderr and "5, 12, 22" in skipped.stderr
     assert anomvae.persistence.read_metadata(tmp_path / "m")["extra"]["training"]["rows"] == 57
+    # Nothing left to train on: named, not scikit-learn's message about an empty array.
+    frame.head(8).assign(AC=np.nan).to_csv(tmp_path / "all.csv", index=False)
+    empty = invoke("fit", tmp_path / "all.csv", "-o", tmp_path / "m2", "--invalid-rows", "skip", *QUICK)
+    assert_input_error(empty, "all.csv: 0 row(s) left after skipping 8", "line(s) 2, 3, 4, 5, 6 and 3 more",
+                       "fit needs at least 2")
+    assert not (tmp_path / "m2").exists()
 
 
 def test_fit_from_stdin(tmp_path):

@@ -87,8 +87,14 @@ def test_calibrate_input_errors_leave_the_model_alone(files, tmp_path):
     assert result.exit_code == 2 and "line(s) 5" in result.stderr and "--invalid-rows skip" in result.stderr
     assert model.read_bytes() == before
     result = invoke("calibrate", model, tmp_path / "holes.csv", "--invalid-rows", "skip", "--fpr", "0.1")
-    assert result.exit_code == 0 and "skipped 1 row(s)" in result.stderr
+    assert result.exit_code == 0 and "skipped 1 row(s) with empty, NaN or infinite values at line(s) 5" \
+        in result.stderr
     assert len(anomvae.load(model).reference_scores_) == 199
+    holes.head(3).assign(b=np.nan).to_csv(tmp_path / "none.csv", index=False)
+    before = model.read_bytes()
+    result = invoke("calibrate", model, tmp_path / "none.csv", "--invalid-rows", "skip")
+    assert result.exit_code == 2 and "none.csv: every row was skipped" in result.stderr
+    assert "line(s) 2, 3, 4" in result.stderr and model.read_bytes() == before
     for bad in ("0", "1", "x"):
         assert invoke("calibrate", model, tmp_path / "holes.csv", "--fpr", bad).exit_code == 2
 
