@@ -670,7 +670,7 @@ def info(model, as_json):
         lines += [f"features:   {summary['n_features']} pixels", _image_line(summary)]
     lines += [
         f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
-        f"threshold:  {summary['threshold']:.6g} nats (negative ELBO)",
+        f"threshold:  {_number(summary['threshold'], '.6g')} nats (negative ELBO)",
         "calibrated: " + (
             f"for a false-alarm rate of {summary['calibration']['fpr']:g} on "
             f"{summary['calibration']['reference_rows']} reference rows"
@@ -679,7 +679,7 @@ def info(model, as_json):
         f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
         f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}"
         f"{_refit_note(training['refit_excluded'], summary['params'].get('refit_inliers'))}; "
-        f"final train loss {training['final_train_loss']:.4f}, " + (
+        f"final train loss {_number(training['final_train_loss'], '.4f')}, " + (
             f"best validation loss {training['best_val_loss']:.4f}" if training["best_val_loss"] is not None
             else "no validation loss monitored"
         ),
@@ -689,6 +689,11 @@ def info(model, as_json):
         "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]
     click.echo("\n".join(lines))
+
+
+def _number(value, spec):
+    """``value`` formatted by ``spec``, or "?" where a damaged file lacks it."""
+    return "?" if value is None else format(value, spec)
 
 
 def _floors_line(floors):

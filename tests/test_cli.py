@@ -453,6 +453,21 @@ def test_info_of_a_damaged_network_configuration(model, tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_info_of_a_file_missing_its_threshold_and_history(model, tmp_path):
+    damaged = tmp_path / "damaged.anomvae"
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "anomvae.json":
+                metadata = json.loads(content)
+                del metadata["fitted"]["threshold_"], metadata["fitted"]["history_"]
+                content = json.dumps(metadata)
+            target.writestr(item, content)
+    result = invoke("info", damaged)
+    assert result.exit_code == 0, result.output
+    assert "threshold:  ? nats" in result.stdout and "final train loss ?" in result.stdout
+
+
 def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
     # Once for the metadata check that comes before torch, once to load.
     result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
