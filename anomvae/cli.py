@@ -336,6 +336,7 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
 
     params = _estimator_params(values)
     if force_images or readers.is_image_source(data):
+        _refuse_csv_options(ctx, ("columns", "exclude", "id_column", "delimiter", "invalid_rows"), data)
         for param, default in IMAGE_DEFAULTS.items():
             if ctx.get_parameter_source(param) == click.core.ParameterSource.DEFAULT:
                 params[param] = default
@@ -377,6 +378,15 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
             f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
+
+
+def _refuse_csv_options(ctx, names, data):
+    """A usage error naming the CSV-only options given for image data,
+    which would otherwise be ignored without a word."""
+    given = [name for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{options} apply to CSV data; {data} is read as images")
 
 
 def _fit_images(detector, data, output, image_size, grayscale, quiet):
@@ -498,6 +508,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                          f"{'a CSV file' if image_model else 'images'}")
     if heatmaps and not image_model:
         raise click.UsageError("--heatmaps applies to image models only")
+    if image_model:
+        _refuse_csv_options(ctx, ("id_column", "delimiter"), data)
     if image_model and (explain_top or summary_json):
         raise click.UsageError("--explain and --summary-json apply to tabular models only")
     # Scores alone need only the network: skip importing scikit-learn.

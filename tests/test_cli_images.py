@@ -124,6 +124,20 @@ def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, t
     assert_input_error(result, "cannot write heatmaps to", "file/maps")
 
 
+@pytest.mark.parametrize("option", [["--columns", "a"], ["--exclude", "a"], ["--id-column", "a"],
+                                    ["--delimiter", ";"], ["--invalid-rows", "skip"]])
+def test_csv_options_are_refused_for_images_not_ignored(new_images, tmp_path, option):
+    result = invoke("fit", new_images, "-o", tmp_path / "m", *option, *QUICK)
+    assert result.exit_code == 2 and f"{option[0]} apply to CSV data" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", [["--id-column", "a"], ["--delimiter", ";"]])
+def test_csv_options_are_refused_when_scoring_images(image_model, new_images, option):
+    result = invoke("score", image_model, new_images, *option)
+    assert result.exit_code == 2 and f"{option[0]} apply to CSV data" in result.stderr and result.stdout == ""
+
+
 def test_truncated_image_is_named_or_marked(image_model, new_images, tmp_path):
     broken = new_images / "0_002.png"
     broken.write_bytes(broken.read_bytes()[:40])
