@@ -81,6 +81,7 @@ def test_speed_benchmark_runs():
     assert pyod_rows["anomvae"]["rows_per_s"] > 0 and bound["bound_rows_per_s"] > 0
     assert cli["anomvae score"]["wall_s"] > 0 and cli["read_csv"]["rss_mb"] > 0
     assert cli["read and write only"]["wall_s"] > 0
+    assert cli["import torch"]["cpu_s"] > 0 and cli["network in memory"]["cpu_s"] > 0 and cli["cores"] >= 1
 
 
 def test_stopping_replay_matches_a_fit_that_stops_early():

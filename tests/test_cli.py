@@ -176,9 +176,10 @@ def test_columns_matched_by_name(model, new_frame, tmp_path):
 
 
 def test_chunk_size_does_not_change_results(model):
-    a = invoke("score", model, NEW).stdout
-    b = invoke("score", model, NEW, "--chunk-size", "7").stdout
-    assert a == b
+    a = invoke("score", model, NEW)
+    b = invoke("score", model, NEW, "--chunk-size", "7")
+    assert a.exit_code == b.exit_code == 0 and len(a.stdout.splitlines()) == 551
+    assert a.stdout == b.stdout
 
 
 def test_stdin_gzip_and_output_file(model, tmp_path):
