@@ -183,16 +183,28 @@ def atomic_output(path, mode="w"):
     if path == "-":
         yield sys.stdout if "b" not in mode else sys.stdout.buffer
         return
-    directory = os.path.dirname(os.path.abspath(path))
     from .persistence import replacement_mode
 
+    newline = "" if "b" not in mode else None
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe (/dev/stdout, a FIFO): write through it; a
+        # file renamed over it would replace the device itself.
+        try:
+            handle = open(path, mode, newline=newline)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        with handle:
+            yield handle
+        return
+    directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        os.chmod(tmp, replacement_mode(path))
-        with os.fdopen(fd, mode, newline="" if "b" not in mode else None) as handle:
+        with os.fdopen(fd, mode, newline=newline) as handle:
+            with contextlib.suppress(OSError):  # some file systems keep no permissions
+                os.fchmod(handle.fileno(), replacement_mode(path))
             yield handle
         os.replace(tmp, path)
     except BaseException:
@@ -214,16 +226,30 @@ def _input_errors(function):
     return wrapper
 
 
+def _flush_stdout():
+    """Flush standard output, so that a closed pipe shows here, where it can
+    be reported, rather than at exit; nothing to do when there is none."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         # click itself would end both with exit code 1, which here means
         # "anomalies found, output complete"; neither is that.
         try:
             try:
-                return super().invoke(ctx)
-            finally:
-                # A closed pipe shows on this flush, here rather than at exit.
-                sys.stdout.flush()
+                result = super().invoke(ctx)
+            except click.exceptions.Exit:
+                _flush_stdout()  # "anomalies found" claims complete output
+                raise
+            except BaseException:
+                # Already failing: that error, not a closed pipe, is what to report.
+                with contextlib.suppress(OSError, ValueError):
+                    _flush_stdout()
+                raise
+            _flush_stdout()
+            return result
         except KeyboardInterrupt:
             with contextlib.suppress(OSError):
                 click.echo("\nError: interrupted; no output file was written or replaced", err=True)
@@ -234,7 +260,7 @@ class _Group(click.Group):
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             with contextlib.suppress(OSError):
-                click.echo("Error: standard output was closed before every result was written", err=True)
+                click.echo("Error: the output was closed before every result was written", err=True)
             ctx.exit(EXIT_BROKEN_PIPE)
 
     def main(self, *args, **kwargs):
@@ -508,6 +534,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                          f"{'a CSV file' if image_model else 'images'}")
     if heatmaps and not image_model:
         raise click.UsageError("--heatmaps applies to image models only")
+    if summary_json and (summary_json == output or os.path.abspath(summary_json) == os.path.abspath(output)):
+        raise click.UsageError("--summary-json and -o name the same file; give the summary its own")
     if image_model:
         _refuse_csv_options(ctx, ("id_column", "delimiter"), data)
     if image_model and (explain_top or summary_json):
@@ -617,7 +645,7 @@ def info(model, as_json):
 
     metadata = read_metadata(model)
     fitted = metadata["fitted"]
-    history = fitted.get("history_", {})
+    history = fitted.get("history_") or {}
     kind = _model_kind(metadata)
     shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
     try:
@@ -684,7 +712,7 @@ def info(model, as_json):
         f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
         f"threshold:  {_number(summary['threshold'], '.6g')} nats (negative ELBO)",
         "calibrated: " + (
-            f"for a false-alarm rate of {summary['calibration']['fpr']:g} on "
+            f"for a false-alarm rate of {_number(summary['calibration']['fpr'], 'g')} on "
             f"{summary['calibration']['reference_rows']} reference rows"
             if summary["calibration"] else "no (threshold from contamination)"
         ),

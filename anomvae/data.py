@@ -34,7 +34,9 @@ def _source(path):
 def _first_line_with_extra_values(path, delimiter):
     """Line number (header = 1) of the first line holding a non-empty value
     beyond the header's columns, for a plain file on disk; else None."""
-    if path == "-" or str(path).endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")):
+    compressed = str(path).lower().endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"))
+    # A delimiter of several characters is a regular expression to pandas; csv cannot follow it.
+    if path == "-" or compressed or len(delimiter) != 1:
         return None
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as handle:
@@ -43,7 +45,7 @@ def _first_line_with_extra_values(path, delimiter):
             for number, fields in enumerate(lines, start=2):
                 if any(field.strip() for field in fields[width:]):
                     return number
-    except (OSError, csv.Error):
+    except (OSError, csv.Error, TypeError):
         return None
     return None
 
@@ -68,17 +70,14 @@ def _no_extra_fields(path, delimiter):
             ) from None
 
 
-def _read(path, delimiter, **kwargs):
+@contextlib.contextmanager
+def _reading(path, delimiter):
+    """What pandas raises while reading ``path`` (at the start, or at any
+    later chunk), as a :class:`DataError` naming the file."""
     name = display_name(path)
     try:
-        # index_col=False: when lines hold one field more than the header
-        # (a trailing delimiter), pandas would otherwise take the first
-        # column as the index and shift every value one column to the left.
         with _no_extra_fields(path, delimiter):
-            return pd.read_csv(
-                _source(path), sep=delimiter, skip_blank_lines=False, skipinitialspace=True, index_col=False,
-                **kwargs,
-            )
+            yield
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: the file is empty (no header line)") from None
     except pd.errors.ParserError as exc:
@@ -87,6 +86,17 @@ def _read(path, delimiter, **kwargs):
         raise DataError(f"{name}: not a text CSV file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{name}: cannot be read ({exc})") from None
+
+
+def _read(path, delimiter, **kwargs):
+    # index_col=False: when lines hold one field more than the header
+    # (a trailing delimiter), pandas would otherwise take the first
+    # column as the index and shift every value one column to the left.
+    with _reading(path, delimiter):
+        return pd.read_csv(
+            _source(path), sep=delimiter, skip_blank_lines=False, skipinitialspace=True, index_col=False,
+            **kwargs,
+        )
 
 
 def _check_delimiter(columns, name, delimiter):
@@ -140,16 +150,11 @@ def iter_csv(path, *, columns, chunk_size, delimiter=",", dtype=None):
 
 
 def _checked_chunks(reader, path, delimiter):
-    """The reader's chunks, each read under :func:`_no_extra_fields`, with
-    a malformed line further down named as :func:`_read` names one."""
+    """The reader's chunks, a malformed or unreadable part further down
+    named as :func:`_read` names one at the start."""
     while True:
-        try:
-            with _no_extra_fields(path, delimiter):
-                chunk = next(reader, None)
-        except pd.errors.ParserError as exc:
-            raise DataError(
-                f"{display_name(path)}: cannot be parsed as CSV with delimiter {delimiter!r}: {str(exc).strip()}"
-            ) from None
+        with _reading(path, delimiter):
+            chunk = next(reader, None)
         if chunk is None:
             return
         yield chunk

@@ -19,6 +19,7 @@ loader run code. Reading the metadata alone (:func:`read_metadata`) does not
 import torch at all, so ``anomvae info`` stays fast.
 """
 
+import contextlib
 import copy
 import io
 import json
@@ -89,8 +90,9 @@ def save(detector, path, *, extra=None):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
     try:
-        os.chmod(tmp, replacement_mode(path))
         with os.fdopen(fd, "wb") as handle:
+            with contextlib.suppress(OSError):  # some file systems keep no permissions
+                os.fchmod(handle.fileno(), replacement_mode(path))
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(METADATA_NAME, json.dumps(metadata, indent=1, allow_nan=True))
                 archive.writestr(WEIGHTS_NAME, buffer.getvalue())
@@ -107,7 +109,9 @@ def replacement_mode(path):
     to ``path``: those of the file it replaces, else what a plain ``open``
     would give (0o666 less the umask). ``mkstemp`` alone gives 0o600."""
     try:
-        return stat.S_IMODE(os.stat(path).st_mode)
+        # Read and write bits only: setuid, setgid and sticky bits are not
+        # carried over to a file this process now owns.
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
     except OSError:
         pass
     return 0o666 & ~_umask()

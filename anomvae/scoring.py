@@ -493,9 +493,11 @@ def score_images(detector, source, stream, *, threshold=None, fmt="csv", batch_s
 
 @contextlib.contextmanager
 def _staged_folder(target):
-    """A temporary folder beside ``target`` whose files move into ``target``
-    (created if need be) only when the block succeeds; on any error it is
-    removed, so a failed command adds no file to ``target``. None gives None."""
+    """A hidden temporary folder inside ``target`` (created if need be) whose
+    files move up into ``target`` only when the block succeeds; on any error
+    it is removed, and so is ``target`` if this created it, so a failed
+    command adds no file. Inside ``target``, the move never crosses file
+    systems and needs no more rights than writing there. None gives None."""
     import os
     import shutil
     import tempfile
@@ -504,21 +506,26 @@ def _staged_folder(target):
         yield None
         return
     target = os.path.abspath(target)
+    created = not os.path.isdir(target)
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".anomvae-", dir=os.path.dirname(target))
+        os.makedirs(target, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".anomvae-", dir=target)
     except OSError as exc:
         raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+    succeeded = False
     try:
         yield staging
         try:
-            os.makedirs(target, exist_ok=True)
             for name in sorted(os.listdir(staging)):
                 os.replace(os.path.join(staging, name), os.path.join(target, name))
         except OSError as exc:
             raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+        succeeded = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not succeeded:
+            with contextlib.suppress(OSError):
+                os.rmdir(target)  # only if empty
 
 
 def _explanations(detector, X, flagged, features, n_features, fmt):

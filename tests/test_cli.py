@@ -292,6 +292,28 @@ def test_values_beyond_the_header_are_named(model, tmp_path, command):
     assert not (tmp_path / "m").exists()
 
 
+def test_values_beyond_the_header_with_a_delimiter_of_two_characters(model, tmp_path):
+    # pandas reads such a delimiter as a regular expression; the line is
+    # then not looked for, but the error still names the file.
+    lines = [line.replace(",", ";;") for line in NEW.read_text().splitlines()]
+    lines[1] += ";;7"
+    data = _write(tmp_path, "\n".join(lines) + "\n")
+    result = invoke("score", model, data, "--delimiter", ";;")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "data.csv" in result.stderr and "more values than the header" in result.stderr
+
+
+def test_unreadable_part_far_down_a_compressed_file_is_named(model, tmp_path):
+    # About 3 MB of text: pandas reads far less than that for the first
+    # chunk, so the cut is met while reading a later one.
+    header, *rows = NEW.read_text().splitlines(keepends=True)
+    whole = gzip.compress((header + "".join(rows * 50)).encode())
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    result = invoke("score", model, tmp_path / "cut.csv.gz", "-o", tmp_path / "out.csv", "--chunk-size", "50")
+    assert_input_error(result, "cut.csv.gz: cannot be read")
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_malformed_line_far_down_a_file_is_named(model, tmp_path):
     lines = NEW.read_text().splitlines()
     lines[300] += ",7"  # a longer line after the first chunk: the parser's own error, with the file
@@ -363,6 +385,29 @@ def test_internal_errors_exit_3(model, monkeypatch):
     assert "internal error: RuntimeError: boom" in result.stderr
 
 
+def test_output_to_a_pipe_is_written_through_not_replaced(model, tmp_path):
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = invoke("score", model, NEW, "-o", fifo, "-q")
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert received and received[0] == invoke("score", model, NEW, "-q").stdout
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo"]
+
+
+def test_summary_and_results_must_be_different_files(model, tmp_path):
+    for target in (["-o", tmp_path / "same"], []):
+        summary = target[-1] if target else "-"
+        result = invoke("score", model, NEW, *target, "--summary-json", summary)
+        assert result.exit_code == 2 and "name the same file" in result.stderr
+    assert not (tmp_path / "same").exists()
+
+
 def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
     (tmp_path / "out.csv").write_text("previous results\n")
     from anomvae import scoring
@@ -401,7 +446,7 @@ def test_closed_stdout_exits_141_not_1(model, tmp_path):
         code = process.wait(timeout=120)
     assert first == b"record_id,anomaly_score,is_anomaly\n", stderr
     assert code == 141, stderr
-    assert "Error: standard output was closed before every result was written" in stderr
+    assert "Error: the output was closed before every result was written" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
 
 
@@ -461,7 +506,8 @@ def test_info_of_a_file_missing_its_threshold_and_history(model, tmp_path):
             content = source.read(item)
             if item.filename == "anomvae.json":
                 metadata = json.loads(content)
-                del metadata["fitted"]["threshold_"], metadata["fitted"]["history_"]
+                del metadata["fitted"]["threshold_"]
+                metadata["fitted"]["history_"] = None
                 content = json.dumps(metadata)
             target.writestr(item, content)
     result = invoke("info", damaged)

@@ -116,6 +116,9 @@ def test_failed_score_adds_no_heatmap(image_model, new_images, tmp_path):
     assert_input_error(result, "7_000.png", "not a readable image")
     assert [p.name for p in (tmp_path / "maps").iterdir()] == ["earlier.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "new"]
+    # A folder the failed command would have created is not left behind either.
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "fresh", "--chunk-size", "2")
+    assert result.exit_code == 2 and not (tmp_path / "fresh").exists()
 
 
 def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):
