@@ -482,16 +482,24 @@ def test_info_of_a_file_from_before_trim_by_says_it_trimmed_by_the_loss():
     assert anomvae.load(old).get_params()["trim_by"] == "loss"
 
 
-def test_info_of_a_damaged_network_configuration(model, tmp_path):
-    damaged = tmp_path / "damaged.anomvae"
+def _damaged_copy(model, damaged, edit):
+    """A copy of the model file whose metadata ``edit`` changed in place."""
     with zipfile.ZipFile(model) as source, zipfile.ZipFile(damaged, "w") as target:
         for item in source.infolist():
             content = source.read(item)
             if item.filename == "anomvae.json":
                 metadata = json.loads(content)
-                metadata["fitted"]["module_config"]["min_variance"] = [1e-3, 1e-3]  # 21 features
+                edit(metadata["fitted"])
                 content = json.dumps(metadata)
             target.writestr(item, content)
+    return damaged
+
+
+def test_info_of_a_damaged_network_configuration(model, tmp_path):
+    def two_floors(fitted):
+        fitted["module_config"]["min_variance"] = [1e-3, 1e-3]  # 21 features
+
+    damaged = _damaged_copy(model, tmp_path / "damaged.anomvae", two_floors)
     result = invoke("info", damaged)
     assert result.exit_code == 0, result.output
     assert "variance:   unreadable (the network configuration is damaged)" in result.stdout
@@ -500,17 +508,11 @@ def test_info_of_a_damaged_network_configuration(model, tmp_path):
 
 
 def test_info_of_a_file_missing_its_threshold_and_history(model, tmp_path):
-    damaged = tmp_path / "damaged.anomvae"
-    with zipfile.ZipFile(model) as source, zipfile.ZipFile(damaged, "w") as target:
-        for item in source.infolist():
-            content = source.read(item)
-            if item.filename == "anomvae.json":
-                metadata = json.loads(content)
-                del metadata["fitted"]["threshold_"]
-                metadata["fitted"]["history_"] = None
-                content = json.dumps(metadata)
-            target.writestr(item, content)
-    result = invoke("info", damaged)
+    def no_threshold_nor_history(fitted):
+        del fitted["threshold_"]
+        fitted["history_"] = None
+
+    result = invoke("info", _damaged_copy(model, tmp_path / "damaged.anomvae", no_threshold_nor_history))
     assert result.exit_code == 0, result.output
     assert "threshold:  ? nats" in result.stdout and "final train loss ?" in result.stdout
 
