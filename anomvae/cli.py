@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import warnings
@@ -25,9 +26,37 @@ from . import __version__
 EXIT_ANOMALIES = 1
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
-# The shell's codes for a process ended by SIGINT and SIGPIPE (128 + signal).
+# The shell's codes for a process ended by SIGINT, SIGPIPE and SIGTERM (128 + signal).
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler, so that output files are cleaned up
+    on the way out as for Ctrl-C (a BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` takes it for an error)."""
+
+
+# The stop signal this process received, if any (set by the handlers that
+# the anomvae program installs; tests that call main() install none).
+_stop_signal = None
+
+
+def _on_stop_signal(signum, frame):
+    global _stop_signal
+    _stop_signal = signum
+    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+
+
+def _stop_exception():
+    return KeyboardInterrupt() if _stop_signal == signal.SIGINT else _Terminated()
+
+
+def _end_by(signum):
+    """End this process by ``signum``, with the signal's default action."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class InputError(click.ClickException):
@@ -243,17 +272,24 @@ class _Group(click.Group):
             except click.exceptions.Exit:
                 _flush_stdout()  # "anomalies found" claims complete output
                 raise
-            except BaseException:
+            except BaseException as exc:
                 # Already failing: that error, not a closed pipe, is what to report.
                 with contextlib.suppress(OSError, ValueError):
                     _flush_stdout()
+                if _stop_signal is not None and not isinstance(exc, (KeyboardInterrupt, _Terminated)):
+                    # A library turned the signal's exception into its own
+                    # (pandas reports a read from stdin that was cut short
+                    # as a parse error): the signal is what happened.
+                    raise _stop_exception() from exc
                 raise
             _flush_stdout()
             return result
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as exc:
+            how, code = ("interrupted", EXIT_INTERRUPTED) if isinstance(exc, KeyboardInterrupt) else \
+                ("terminated", EXIT_TERMINATED)
             with contextlib.suppress(OSError):
-                click.echo("\nError: interrupted; no output file was written or replaced", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+                click.echo(f"\nError: {how}; no output file was written or replaced", err=True)
+            ctx.exit(code)
         except BrokenPipeError:
             # The reader of standard output went away: results are incomplete.
             # Point stdout at /dev/null so the exit's final flush cannot fail again.
@@ -262,6 +298,25 @@ class _Group(click.Group):
             with contextlib.suppress(OSError):
                 click.echo("Error: the output was closed before every result was written", err=True)
             ctx.exit(EXIT_BROKEN_PIPE)
+
+    def __call__(self, *args, **kwargs):
+        """The ``anomvae`` program itself (tests call :meth:`main`): SIGTERM,
+        as systemd and timeouts send it, cleans up like Ctrl-C does, and
+        after either the process ends by that signal, as shells and service
+        managers expect of a program that was stopped."""
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGTERM, _on_stop_signal)
+            signal.signal(signal.SIGINT, _on_stop_signal)
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit as exc:
+            signum = {EXIT_INTERRUPTED: signal.SIGINT, EXIT_TERMINATED: signal.SIGTERM}.get(exc.code)
+            if signum is not None:
+                _end_by(signum)
+            raise
+        except _Terminated:  # before or after a command ran
+            _end_by(signal.SIGTERM)
+            raise
 
     def main(self, *args, **kwargs):
         try:
@@ -288,8 +343,9 @@ def main():
       1  anomalies found (only with score --fail-on-anomaly)
       2  usage or input error
       3  internal error
-      130  interrupted (Ctrl-C)
+      130  interrupted (Ctrl-C; the process ends by SIGINT)
       141  standard output closed early (results incomplete)
+      143  stopped by SIGTERM (the process ends by it)
     """
 
 

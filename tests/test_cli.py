@@ -5,8 +5,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -427,6 +429,29 @@ def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
     assert "Error: interrupted" in result.stderr
     assert (tmp_path / "out.csv").read_text() == "previous results\n"
     assert sorted(os.listdir(tmp_path)) == ["out.csv"]
+
+
+@pytest.mark.parametrize("signum, message", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
+def test_a_stopped_command_cleans_up_and_ends_by_the_signal(model, tmp_path, signum, message):
+    # Rows come on stdin and the rest never does: the command waits with its
+    # output file open under a temporary name until the signal comes.
+    header, *rows = NEW.read_text().splitlines(keepends=True)
+    script = Path(sys.executable).with_name("anomvae")
+    with subprocess.Popen([str(script), "score", str(model), "-", "-o", str(tmp_path / "out.csv"),
+                           "--chunk-size", "10"], stdin=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdin.write((header + "".join(rows[:55])).encode())
+        process.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".anomvae-*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".anomvae-*.tmp")), "the command never opened its output"
+        time.sleep(0.3)
+        process.send_signal(signum)
+        code = process.wait(timeout=60)
+        stderr = process.stderr.read().decode()
+    assert code == -signum, stderr  # ended by the signal, as shells and service managers expect
+    assert f"Error: {message}; no output file was written or replaced" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_closed_stdout_exits_141_not_1(model, tmp_path):
