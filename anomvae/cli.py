@@ -39,12 +39,15 @@ class _Terminated(BaseException):
 
 
 # The stop signal this process received, if any (set by the handlers that
-# the anomvae program installs; tests that call main() install none).
+# run(), the anomvae program, installs; main() called from Python or tests
+# installs none).
 _stop_signal = None
 
 
 def _on_stop_signal(signum, frame):
     global _stop_signal
+    if _stop_signal is not None:
+        return  # already stopping: let the clean-up under way finish
     _stop_signal = signum
     raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
 
@@ -288,7 +291,7 @@ class _Group(click.Group):
             how, code = ("interrupted", EXIT_INTERRUPTED) if isinstance(exc, KeyboardInterrupt) else \
                 ("terminated", EXIT_TERMINATED)
             with contextlib.suppress(OSError):
-                click.echo(f"\nError: {how}; no output file was written or replaced", err=True)
+                click.echo(f"\nError: {how}; no output file is left half-written", err=True)
             ctx.exit(code)
         except BrokenPipeError:
             # The reader of standard output went away: results are incomplete.
@@ -298,25 +301,6 @@ class _Group(click.Group):
             with contextlib.suppress(OSError):
                 click.echo("Error: the output was closed before every result was written", err=True)
             ctx.exit(EXIT_BROKEN_PIPE)
-
-    def __call__(self, *args, **kwargs):
-        """The ``anomvae`` program itself (tests call :meth:`main`): SIGTERM,
-        as systemd and timeouts send it, cleans up like Ctrl-C does, and
-        after either the process ends by that signal, as shells and service
-        managers expect of a program that was stopped."""
-        with contextlib.suppress(ValueError):  # only the main thread may set handlers
-            signal.signal(signal.SIGTERM, _on_stop_signal)
-            signal.signal(signal.SIGINT, _on_stop_signal)
-        try:
-            return self.main(*args, **kwargs)
-        except SystemExit as exc:
-            signum = {EXIT_INTERRUPTED: signal.SIGINT, EXIT_TERMINATED: signal.SIGTERM}.get(exc.code)
-            if signum is not None:
-                _end_by(signum)
-            raise
-        except _Terminated:  # before or after a command ran
-            _end_by(signal.SIGTERM)
-            raise
 
     def main(self, *args, **kwargs):
         try:
@@ -330,6 +314,25 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def run():
+    """The ``anomvae`` program (its console script; Python callers and tests
+    use :func:`main`, which leaves signal handling alone). On POSIX systems,
+    SIGTERM (as systemd and timeouts send it) cleans up like Ctrl-C does,
+    and after either the process ends by that signal, as shells and service
+    managers expect of a program that was stopped. A signal the parent set
+    to be ignored stays ignored."""
+    if os.name == "posix":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, _on_stop_signal)
+    try:
+        main()
+    finally:
+        if _stop_signal is not None:
+            _end_by(_stop_signal)
 
 
 @click.group(cls=_Group)

@@ -431,14 +431,16 @@ def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.csv"]
 
 
-@pytest.mark.parametrize("signum, message", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
-def test_a_stopped_command_cleans_up_and_ends_by_the_signal(model, tmp_path, signum, message):
-    # Rows come on stdin and the rest never does: the command waits with its
-    # output file open under a temporary name until the signal comes.
+def _stop_while_reading_stdin(model, tmp_path, signum, preexec_fn=None):
+    """Run ``anomvae score MODEL - -o out.csv`` with a few rows on stdin and
+    the rest never coming, send ``signum`` once its output file is open under
+    a temporary name, and return the return code and stderr."""
     header, *rows = NEW.read_text().splitlines(keepends=True)
     script = Path(sys.executable).with_name("anomvae")
-    with subprocess.Popen([str(script), "score", str(model), "-", "-o", str(tmp_path / "out.csv"),
-                           "--chunk-size", "10"], stdin=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+    process = subprocess.Popen([str(script), "score", str(model), "-", "-o", str(tmp_path / "out.csv"),
+                                "--chunk-size", "10"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=preexec_fn)
+    try:
         process.stdin.write((header + "".join(rows[:55])).encode())
         process.stdin.flush()
         deadline = time.monotonic() + 60
@@ -447,11 +449,46 @@ def test_a_stopped_command_cleans_up_and_ends_by_the_signal(model, tmp_path, sig
         assert list(tmp_path.glob(".anomvae-*.tmp")), "the command never opened its output"
         time.sleep(0.3)
         process.send_signal(signum)
-        code = process.wait(timeout=60)
-        stderr = process.stderr.read().decode()
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("signum, message", [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")])
+def test_a_stopped_command_cleans_up_and_ends_by_the_signal(model, tmp_path, signum, message):
+    code, process = _stop_while_reading_stdin(model, tmp_path, signum)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
     assert code == -signum, stderr  # ended by the signal, as shells and service managers expect
-    assert f"Error: {message}; no output file was written or replaced" in stderr and "Traceback" not in stderr
+    assert f"Error: {message}; no output file is left half-written" in stderr and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_signal_the_parent_ignores_stays_ignored(model, tmp_path):
+    # As for a background job of a script: Ctrl-C is not for it.
+    code, process = _stop_while_reading_stdin(model, tmp_path, signal.SIGINT,
+                                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process.stderr.close()
+    assert code is None  # still running (killed by the helper afterwards)
+
+
+def test_main_called_from_python_keeps_the_callers_signal_handlers(model, monkeypatch):
+    # Only the anomvae program (cli.run) installs handlers and ends by a signal.
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr("sys.argv", ["anomvae", "info", str(model)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_closed_stdout_exits_141_not_1(model, tmp_path):
