@@ -590,7 +590,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if standardize:
             self.center_ = X.mean(axis=0, dtype=np.float64)
             scale = X.std(axis=0, dtype=np.float64)
-            self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.center_)), scale, 1.0)
+            # Constant up to rounding, relative to the feature's own size: a
+            # feature measured in tiny units (a spread of 1e-13) still varies.
+            varies = (scale > 0) & (scale > 1e-12 * np.abs(self.center_))
+            self.scale_ = np.where(varies, scale, 1.0)
         else:
             self.center_ = np.zeros(n_features)
             self.scale_ = np.ones(n_features)

@@ -324,6 +324,26 @@ def test_constant_feature_is_scored_finitely(inliers):
     assert (scores[5:] < scores[:5] - 0.1).all()
 
 
+@pytest.mark.parametrize("unit", [1.0, 1e-13])
+def test_a_feature_in_tiny_units_is_scaled_not_dropped(inliers, unit):
+    # The same data, one feature written in units 1e13 times smaller: its
+    # spread is real, and a row 100 spreads out on it must still stand out.
+    X = inliers.copy()
+    X[:, 0] = (1 + 0.1 * np.random.RandomState(3).normal(size=len(X))) * unit
+    detector = quiet_fit(VAEAnomalyDetector(**FAST), X)
+    assert detector.scale_[0] == pytest.approx(X[:, 0].std(), rel=1e-9)
+    far = X[:3].copy()
+    far[:, 0] = 100 * unit
+    assert (detector.predict(far) == -1).all()
+
+
+def test_rounding_noise_on_a_constant_feature_is_not_a_spread(inliers):
+    X = np.column_stack([inliers, np.full(len(inliers), 0.1) * 3])  # 0.30000000000000004 everywhere
+    X[::2, -1] = 0.3  # and 0.3: differences of one unit in the last place
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2}), X)
+    assert detector.scale_[-1] == 1.0
+
+
 def test_bernoulli_likelihood_on_binary_data():
     rng = np.random.RandomState(0)
     prototypes = rng.rand(2, 12) > 0.5
