@@ -323,14 +323,16 @@ def list_images(source):
 
 
 def _open_image(path):
-    from PIL import Image
+    """The image at ``path``, decoded and turned upright as viewers show it
+    (by its EXIF orientation, as phones and cameras record it)."""
+    from PIL import Image, ImageOps
 
     try:
-        image = Image.open(path)
-        image.load()  # decode now: a truncated file fails here, not later
-    except (OSError, SyntaxError, ValueError) as exc:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            return ImageOps.exif_transpose(opened)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
-    return image
 
 
 def probe_image(path):

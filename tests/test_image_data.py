@@ -98,6 +98,31 @@ def test_truncated_image_is_named_or_reported(folder):
     assert not batches[0][1][0].any() and batches[0][1][1].any()
 
 
+@pytest.mark.parametrize("orientation, turn", [(6, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    # A photo stored sideways with an EXIF tag saying how to show it: read as shown.
+    stored = Image.fromarray((np.arange(32).reshape(4, 8) * 8).astype(np.uint8), mode="L")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "tagged.png", exif=exif)
+    shown = stored.transpose(turn)
+    assert readers.probe_image(tmp_path / "tagged.png") == (shown.height, shown.width, True)
+    pixels = readers.read_image(tmp_path / "tagged.png", size=(shown.height, shown.width), grayscale=True)
+    np.testing.assert_array_equal(pixels, np.asarray(shown, dtype=np.float32).reshape(-1) / 255)
+
+
+def test_decompression_bomb_is_named_or_reported(tmp_path, monkeypatch):
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS; lowered here so the "bomb" is small.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("L", (20, 20)).save(tmp_path / "bomb.png")
+    Image.new("L", (5, 5)).save(tmp_path / "small.png")
+    with pytest.raises(DataError, match=r"bomb\.png: not a readable image .*decompression bomb"):
+        readers.read_image(tmp_path / "bomb.png", size=(5, 5), grayscale=True)
+    batches = list(readers.iter_images(str(tmp_path), size=(5, 5), grayscale=True, skip_unreadable=True))
+    problems = [p for _, _, batch_problems in batches for p in batch_problems]
+    assert sum(p is not None for p in problems) == 1 and len(problems) == 2
+
+
 def test_array_layouts_give_the_same_rows(tmp_path):
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, (5, 3, 4, 6)).astype(np.uint8)  # (n, C, H, W)
