@@ -234,8 +234,12 @@ def to_numeric(frame, columns, *, name):
     return block
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def invalid_rows(X, frame, columns):
-    """Rows of ``X`` with an empty cell, NaN or infinity.
+    """Rows of ``X`` with an empty cell, NaN or infinity, or a value beyond
+    float32's range (about 3.4e38), in which the network computes.
 
     Returns
     -------
@@ -243,13 +247,18 @@ def invalid_rows(X, frame, columns):
     reasons : list of str
         One per invalid row, e.g. ``"empty or NaN value in column 'AC'"``.
     """
-    finite = np.isfinite(X)
-    mask = ~finite.all(axis=1)
+    with np.errstate(invalid="ignore"):
+        usable = np.abs(X) <= _FLOAT32_MAX  # False for NaN too
+    mask = ~usable.all(axis=1)
     reasons = []
     for i in np.flatnonzero(mask):
-        j = int(np.argmin(finite[i]))
-        kind = "infinite" if np.isinf(X[i, j]) else "empty or NaN"
-        reasons.append(f"{kind} value in column {columns[j]!r}")
+        j = int(np.argmin(usable[i]))
+        if np.isnan(X[i, j]):
+            reasons.append(f"empty or NaN value in column {columns[j]!r}")
+        elif np.isinf(X[i, j]):
+            reasons.append(f"infinite value in column {columns[j]!r}")
+        else:
+            reasons.append(f"value {X[i, j]:g} in column {columns[j]!r} beyond float32's range")
     return mask, reasons
 
 

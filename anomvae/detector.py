@@ -526,6 +526,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
         self._check_domain(X)
+        inference.check_float32_range(X)
         self.device_ = _resolve_device(self.device)
         n_train, converged = self._fit_network(X, _random_state(self.random_state))
         scores = self._score_samples(X)

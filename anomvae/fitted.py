@@ -45,8 +45,27 @@ def check_domain(X, likelihood):
 # estimator and ScoringModel both delegate to them.
 
 
+def check_float32_range(X, usable=None):
+    """Raise ValueError naming the first value of ``X`` that float32, the
+    network's precision, cannot hold (``usable`` False there; by default
+    values beyond about 3.4e38): it would become an infinity and its score NaN."""
+    if usable is None:
+        with np.errstate(invalid="ignore"):
+            usable = np.abs(X) <= np.finfo(np.float32).max
+    if not usable.all():
+        row, column = np.argwhere(~usable)[0]
+        raise ValueError(
+            f"X[{row}, {column}] = {X[row, column]:g} is too large for the model: the network computes in "
+            f"float32, whose range ends at about {np.finfo(np.float32).max:.1e} (before and after standardising)"
+        )
+
+
 def scale(model, X):
-    return ((X - model.center_) / model.scale_).astype(np.float32)
+    """``X`` standardised and in float32, the network's precision."""
+    with np.errstate(over="ignore"):
+        scaled = ((X - model.center_) / model.scale_).astype(np.float32)
+    check_float32_range(X, np.isfinite(scaled))
+    return scaled
 
 
 def chunk_rows(model, width):

@@ -250,6 +250,17 @@ def test_invalid_rows_are_named_or_marked_never_dropped(model, new_frame, tmp_pa
     assert only["is_anomaly"].isna().sum() == 2
 
 
+def test_values_beyond_float32_are_invalid_rows_not_nan_scores(model, new_frame, tmp_path):
+    huge = new_frame.copy()
+    huge.loc[2, "LB"] = 1e300
+    huge.to_csv(tmp_path / "huge.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "huge.csv"), "line(s) 4",
+                       "value 1e+300 in column 'LB' beyond float32's range")
+    out = score_frame(invoke("score", model, tmp_path / "huge.csv", "--invalid-rows", "mark"))
+    assert out.loc[2, "status"] == "not scored: value 1e+300 in column 'LB' beyond float32's range (line 4)"
+    assert out["anomaly_score"].drop(index=2).notna().all()
+
+
 def test_failed_score_leaves_existing_output_untouched(model, tmp_path):
     (tmp_path / "out.csv").write_text("previous results\n")
     bad = tmp_path / "bad.csv"

@@ -344,6 +344,17 @@ def test_rounding_noise_on_a_constant_feature_is_not_a_spread(inliers):
     assert detector.scale_[-1] == 1.0
 
 
+@pytest.mark.parametrize("value", [3.5e38, 1e300])
+def test_values_beyond_float32_are_an_error_not_a_nan_score(inliers, value):
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2}), inliers)
+    row = inliers[:1].copy()
+    row[0, 2] = value
+    with pytest.raises(ValueError, match=r"X\[0, 2\] = .* too large for the model"):
+        detector.score_samples(row)
+    with pytest.raises(ValueError, match=rf"X\[{len(inliers)}, 2\] = .* too large for the model"):
+        VAEAnomalyDetector(**FAST).fit(np.vstack([inliers, row]))
+
+
 def test_bernoulli_likelihood_on_binary_data():
     rng = np.random.RandomState(0)
     prototypes = rng.rand(2, 12) > 0.5
