@@ -790,8 +790,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             feature_contributions(X).sum(axis=1) + kl_divergence(X)
                 == -score_samples(X)
 
-        up to floating-point rounding. For an image model, reshape a row to
-        ``image_shape_`` to map where the anomaly lies.
+        up to floating-point rounding, with the default ``score_bound="elbo"``.
+        With ``score_bound="iwae"`` the score is the importance-weighted
+        bound, which these terms do not add up to; the
+        contributions still come from the ELBO's terms and show which
+        features the model finds least expected. For an image model,
+        reshape a row to ``image_shape_`` to map where the anomaly lies.
 
         Parameters
         ----------
