@@ -345,9 +345,16 @@ def _open_image(path):
 
 
 def probe_image(path):
-    """``(height, width, grayscale)`` of the image at ``path``."""
+    """``(height, width, grayscale)`` of the image at ``path``; a palette
+    image is grey when every colour it uses is."""
     image = _open_image(path)
-    return image.height, image.width, image.mode in _GRAY_MODES
+    grey = image.mode in _GRAY_MODES
+    if image.mode in ("P", "PA"):
+        palette = np.asarray(image.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
+        used = np.unique(np.asarray(image.convert("P") if image.mode == "PA" else image))
+        used = used[used < len(palette)]
+        grey = bool(len(used)) and bool((palette[used] == palette[used][:, :1]).all())
+    return image.height, image.width, grey
 
 
 def _deep_pixels(image, path):

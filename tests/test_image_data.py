@@ -111,6 +111,16 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turn):
     np.testing.assert_array_equal(pixels, np.asarray(shown, dtype=np.float32).reshape(-1) / 255)
 
 
+def test_a_palette_image_is_grey_when_its_colours_are(tmp_path):
+    levels = (np.arange(16).reshape(4, 4) * 16).astype(np.uint8)
+    Image.fromarray(levels, mode="L").convert("P").save(tmp_path / "grey.png")
+    colour = Image.fromarray(np.stack([levels, levels[::-1], levels.T], axis=-1), mode="RGB")
+    colour.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "colour.png")
+    assert Image.open(tmp_path / "grey.png").mode == Image.open(tmp_path / "colour.png").mode == "P"
+    assert readers.probe_image(tmp_path / "grey.png") == (4, 4, True)
+    assert readers.probe_image(tmp_path / "colour.png") == (4, 4, False)
+
+
 def test_decompression_bomb_is_named_or_reported(tmp_path, monkeypatch):
     # Pillow refuses images over twice MAX_IMAGE_PIXELS; lowered here so the "bomb" is small.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
