@@ -237,9 +237,10 @@ def to_numeric(frame, columns, *, name):
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def invalid_rows(X, frame, columns):
+def invalid_rows(X, frame, columns, *, center=None, scale=None):
     """Rows of ``X`` with an empty cell, NaN or infinity, or a value beyond
-    float32's range (about 3.4e38), in which the network computes.
+    float32's range (about 3.4e38), in which the network computes: as it
+    is, or once standardised by a model's ``center`` and ``scale``.
 
     Returns
     -------
@@ -247,8 +248,10 @@ def invalid_rows(X, frame, columns):
     reasons : list of str
         One per invalid row, e.g. ``"empty or NaN value in column 'AC'"``.
     """
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         usable = np.abs(X) <= _FLOAT32_MAX  # False for NaN too
+        if center is not None:
+            usable &= np.abs((X - center) / scale) <= _FLOAT32_MAX
     mask = ~usable.all(axis=1)
     reasons = []
     for i in np.flatnonzero(mask):
@@ -257,8 +260,10 @@ def invalid_rows(X, frame, columns):
             reasons.append(f"empty or NaN value in column {columns[j]!r}")
         elif np.isinf(X[i, j]):
             reasons.append(f"infinite value in column {columns[j]!r}")
-        else:
+        elif abs(X[i, j]) > _FLOAT32_MAX:
             reasons.append(f"value {X[i, j]:g} in column {columns[j]!r} beyond float32's range")
+        else:
+            reasons.append(f"value {X[i, j]:g} in column {columns[j]!r} beyond float32's range once standardised")
     return mask, reasons
 
 
@@ -331,17 +336,31 @@ def list_images(source):
     return [text]
 
 
+def _exif_turns():
+    from PIL import Image
+
+    # EXIF orientation 2..8 -> the transpose that shows the image upright.
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+            6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
 def _open_image(path):
     """The image at ``path``, decoded and turned upright as viewers show it
     (by its EXIF orientation, as phones and cameras record it)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         with Image.open(path) as opened:
             opened.load()  # decode now: a truncated file fails here, not later
-            return ImageOps.exif_transpose(opened)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
+    try:
+        orientation = opened.getexif().get(0x0112)
+    except Exception:  # damaged metadata: the pixels are still good
+        orientation = None
+    turn = _exif_turns().get(orientation)
+    return opened if turn is None else opened.transpose(turn)
 
 
 def probe_image(path):
@@ -352,7 +371,15 @@ def probe_image(path):
     if image.mode in ("P", "PA"):
         palette = np.asarray(image.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
         used = np.unique(np.asarray(image.convert("P") if image.mode == "PA" else image))
-        used = used[used < len(palette)]
+        # Fully transparent entries' colours are never seen: they do not count.
+        transparency = image.info.get("transparency")
+        if isinstance(transparency, int):
+            clear = [transparency]
+        elif isinstance(transparency, bytes):  # one alpha value per entry
+            clear = np.flatnonzero(np.frombuffer(transparency, dtype=np.uint8) == 0)
+        else:
+            clear = []
+        used = used[(used < len(palette)) & ~np.isin(used, clear)]
         grey = bool(len(used)) and bool((palette[used] == palette[used][:, :1]).all())
     return image.height, image.width, grey
 

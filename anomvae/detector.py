@@ -306,7 +306,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         deviation before the network sees it. ``"auto"`` standardises for the
         Gaussian likelihood and leaves [0, 1] data as it is for the Bernoulli
         one. Scores are corrected by the log-Jacobian of the scaling, so they
-        are densities of the data in its original units.
+        are densities of the data in its original units. A feature counts as
+        constant (scale 1) when its standard deviation is 0 or below 1e-12
+        times its mean's size; any other spread, however small, is scaled to
+        1, so a feature holding only rounding noise around 0 (such as 5e-17)
+        is magnified like a real one: round or drop such features.
     score_bound : {"elbo", "iwae"}, default="elbo"
         Bound used as the score. ``"elbo"``: the evidence lower bound, with
         the reconstruction term averaged over the ``n_score_samples`` fixed

@@ -49,14 +49,17 @@ def check_float32_range(X, usable=None):
     """Raise ValueError naming the first value of ``X`` that float32, the
     network's precision, cannot hold (``usable`` False there; by default
     values beyond about 3.4e38): it would become an infinity and its score NaN."""
+    largest = np.finfo(np.float32).max
     if usable is None:
-        with np.errstate(invalid="ignore"):
-            usable = np.abs(X) <= np.finfo(np.float32).max
+        if not X.size or max(X.max(), -X.min()) <= largest:  # no copy of X when all is well
+            return
+        usable = np.abs(X) <= largest
     if not usable.all():
         row, column = np.argwhere(~usable)[0]
+        where = "" if abs(X[row, column]) > largest else " once standardised"
         raise ValueError(
             f"X[{row}, {column}] = {X[row, column]:g} is too large for the model: the network computes in "
-            f"float32, whose range ends at about {np.finfo(np.float32).max:.1e} (before and after standardising)"
+            f"float32, whose range (about {largest:.1e}) it leaves{where}"
         )
 
 

@@ -241,7 +241,7 @@ def read_reference_csv(detector, path, *, delimiter=",", skip_invalid=False, chu
     blocks, skipped = [], []
     for chunk in readers.iter_csv(path, columns=features, chunk_size=chunk_size, delimiter=delimiter):
         X = readers.to_numeric(chunk, features, name=name)
-        invalid, reasons = readers.invalid_rows(X, chunk, features)
+        invalid, reasons = readers.invalid_rows(X, chunk, features, center=detector.center_, scale=detector.scale_)
         if invalid.any():
             if not skip_invalid:
                 raise readers.invalid_rows_error(name, chunk, invalid, reasons,
@@ -323,7 +323,7 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
     )
     for chunk in chunks:
         X = readers.to_numeric(chunk, features, name=name)
-        invalid, reasons = readers.invalid_rows(X, chunk, features)
+        invalid, reasons = readers.invalid_rows(X, chunk, features, center=detector.center_, scale=detector.scale_)
         if invalid.any() and not mark_invalid:
             raise readers.invalid_rows_error(name, chunk, invalid, reasons, "fix them or pass --invalid-rows mark")
         scores = np.full(len(X), np.nan)

@@ -259,6 +259,17 @@ def test_values_beyond_float32_are_invalid_rows_not_nan_scores(model, new_frame,
     out = score_frame(invoke("score", model, tmp_path / "huge.csv", "--invalid-rows", "mark"))
     assert out.loc[2, "status"] == "not scored: value 1e+300 in column 'LB' beyond float32's range (line 4)"
     assert out["anomaly_score"].drop(index=2).notna().all()
+    # Within float32's range as written, beyond it once standardised by a spread below 1.
+    detector = anomvae.load(model)
+    column = detector.feature_names_in_[int(np.argmin(detector.scale_))]
+    assert detector.scale_.min() < 0.95  # 3.3e38 / 0.95 > 3.4e38
+    huge = new_frame.copy()
+    huge.loc[5, column] = 3.3e38
+    huge.to_csv(tmp_path / "scaled.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "scaled.csv"), "line(s) 7",
+                       f"value 3.3e+38 in column {column!r} beyond float32's range once standardised")
+    out = score_frame(invoke("score", model, tmp_path / "scaled.csv", "--invalid-rows", "mark"))
+    assert out.loc[5, "status"].startswith("not scored: value 3.3e+38") and out["status"].eq("scored").sum() == 549
 
 
 def test_failed_score_leaves_existing_output_untouched(model, tmp_path):

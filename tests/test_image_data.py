@@ -119,6 +119,15 @@ def test_a_palette_image_is_grey_when_its_colours_are(tmp_path):
     assert Image.open(tmp_path / "grey.png").mode == Image.open(tmp_path / "colour.png").mode == "P"
     assert readers.probe_image(tmp_path / "grey.png") == (4, 4, True)
     assert readers.probe_image(tmp_path / "colour.png") == (4, 4, False)
+    # A grey palette whose transparent entry is magenta: that colour is never seen.
+    indices = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    indices[0, 0] = 255
+    holed = Image.fromarray(indices, mode="P")
+    holed.putpalette([v for i in range(255) for v in (i, i, i)] + [255, 0, 255])
+    holed.save(tmp_path / "holed.png", transparency=255)
+    assert readers.probe_image(tmp_path / "holed.png") == (4, 4, True)
+    holed.save(tmp_path / "magenta.png")  # the same, the magenta pixel visible
+    assert readers.probe_image(tmp_path / "magenta.png") == (4, 4, False)
 
 
 def test_decompression_bomb_is_named_or_reported(tmp_path, monkeypatch):
