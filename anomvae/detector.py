@@ -8,7 +8,9 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin, _fit_context,
+)
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -181,7 +183,7 @@ def _auto_latent_dim(n_features, image_shape=None):
     return int(min(32, max(2, math.ceil(math.sqrt(n_features)))))
 
 
-class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
+class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, OutlierMixin, BaseEstimator):
     """Anomaly detection with a variational autoencoder.
 
     A VAE is trained on ``X`` to maximise the evidence lower bound (ELBO) of
@@ -499,14 +501,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # ``transform`` gives latent means; sklearn's transformer checks apply.
-        from sklearn.utils import TransformerTags
-
-        tags.transformer_tags = TransformerTags()
-        return tags
 
     # ------------------------------------------------------------------ fit
 
@@ -956,6 +950,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             )
 
     # ---------------------------------------------------- latent space
+
+    @property
+    def _n_features_out(self):
+        # What get_feature_names_out counts: one name per latent dimension.
+        return self.latent_dim_
 
     def transform(self, X):
         """Latent means E[z|x] of the rows.

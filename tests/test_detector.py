@@ -481,6 +481,24 @@ def test_grid_search_over_a_parameter(inliers, test_set):
     np.testing.assert_array_equal(search.best_estimator_.score_samples(X), refit.score_samples(X))
 
 
+def test_latent_means_as_a_named_frame_in_a_pipeline(inliers):
+    # TransformerMixin: set_output and get_feature_names_out, one name per latent dimension.
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame(inliers, columns=[f"f{i}" for i in range(inliers.shape[1])])
+    pipeline = make_pipeline(StandardScaler(), VAEAnomalyDetector(**{**FAST, "max_epochs": 2, "latent_dim": 3}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipeline.set_output(transform="pandas").fit(frame)
+    Z = pipeline.transform(frame)
+    names = ["vaeanomalydetector0", "vaeanomalydetector1", "vaeanomalydetector2"]
+    assert isinstance(Z, pd.DataFrame) and list(Z.columns) == names
+    assert list(pipeline[-1].get_feature_names_out()) == names
+    np.testing.assert_array_equal(Z.to_numpy(), pipeline[-1].transform(pipeline[0].transform(frame)))
+    assert pipeline[-1].__sklearn_tags__().transformer_tags is not None
+
+
 def test_feature_names_are_kept(inliers):
     columns = [f"f{i}" for i in range(inliers.shape[1])]
     frame = pd.DataFrame(inliers, columns=columns)
