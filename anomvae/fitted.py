@@ -148,6 +148,16 @@ def set_fitted_state(model, fitted, weights):
         model.history_ = {k: [float("nan") if v is None else v for v in values] for k, values in history.items()}
     for name, value in fitted.items():
         setattr(model, name, value)
+    # A file edited or damaged by hand could hold arrays of other lengths,
+    # which numpy would broadcast into wrong scores without a word.
+    n_features = model._module_config["n_features"]
+    if getattr(model, "n_features_in_", n_features) != n_features:
+        raise ValueError(f"n_features_in_ is {model.n_features_in_}, the network has {n_features} inputs")
+    for name in ("center_", "scale_"):
+        if getattr(model, name).shape != (n_features,):
+            raise ValueError(f"{name} holds {getattr(model, name).size} values for {n_features} features")
+    if names is not None and len(names) != n_features:
+        raise ValueError(f"feature_names_in_ holds {len(names)} names for {n_features} features")
     model.module_ = restore_module(model, weights)
 
 

@@ -166,7 +166,7 @@ def _check_metadata(path, raw):
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an anomvae model file (no '{FORMAT}' marker in {METADATA_NAME})")
     version = metadata.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ModelFileError(f"{path}: corrupted model file (format_version is {version!r})")
     if version > FORMAT_VERSION:
         raise ModelFileError(
@@ -219,7 +219,7 @@ def _rebuild(path, build):
     metadata, weights = _load_parts(path)
     try:
         return build(copy.deepcopy(metadata["params"]), copy.deepcopy(metadata["fitted"]), weights), metadata
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise ModelFileError(f"{path}: corrupted model file (inconsistent contents: {exc})") from None
 
 

@@ -168,6 +168,27 @@ def test_bad_model_files_give_one_clear_error(model_path, tmp_path, damage, mess
     assert not (tmp_path / "owned").exists()  # loading never runs code from the file
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f.update(center_=[0.0]), "center_ holds 1 values for"),
+    (lambda f: f.update(scale_=f["scale_"][:-1]), "scale_ holds"),
+    (lambda f: f.update(module_config=None), "inconsistent contents"),
+    (lambda f: f.update(n_features_in_=f["n_features_in_"] + 1), "the network has"),
+])
+@pytest.mark.parametrize("loader", [anomvae.load, load_for_scoring])
+def test_fitted_arrays_that_do_not_fit_the_network_are_refused(model_path, tmp_path, edit, message, loader):
+    # Hand-edited files: numpy would broadcast a short array into wrong scores.
+    bad = _rewrite(model_path, tmp_path / "bad", lambda m: edit(m["fitted"]))
+    with pytest.raises(ModelFileError, match=f"corrupted model file .*{message}"):
+        loader(bad)
+
+
+@pytest.mark.parametrize("version", [0, -7, True])
+def test_format_versions_below_1_are_refused(model_path, tmp_path, version):
+    bad = _rewrite(model_path, tmp_path / "bad", lambda m: m.update(format_version=version))
+    with pytest.raises(ModelFileError, match="format_version is"):
+        read_metadata(bad)
+
+
 def test_directory_is_not_a_model(tmp_path):
     with pytest.raises(ModelFileError, match="is a directory"):
         anomvae.load(tmp_path)
