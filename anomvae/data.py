@@ -249,8 +249,11 @@ def invalid_rows(X, frame, columns, *, center=None, scale=None):
         One per invalid row, e.g. ``"empty or NaN value in column 'AC'"``.
     """
     with np.errstate(invalid="ignore", over="ignore"):
-        usable = np.abs(X) <= _FLOAT32_MAX  # False for NaN too
-        if center is not None:
+        magnitude = np.abs(X)
+        usable = magnitude <= _FLOAT32_MAX  # False for NaN too
+        # Standardising can take only values this large out of range: the
+        # whole check runs only when there are any, not on every chunk.
+        if center is not None and (magnitude > _FLOAT32_MAX * np.min(scale) - np.max(np.abs(center))).any():
             usable &= np.abs((X - center) / scale) <= _FLOAT32_MAX
     mask = ~usable.all(axis=1)
     reasons = []

@@ -270,12 +270,11 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         train a new network on the rest, initialised from the same
         ``random_state``. The threshold is then set on every training row.
         Fitting takes about twice as long. ``"auto"`` refits only when batch
-        trimming is active (``floor(trim_fraction * b) >= 1`` for ``b`` the
-        smaller of ``batch_size_`` and the rows trained on, and
-        ``max_epochs > kl_warmup``,
-        which the automatic batch size reaches from about 600 rows, 544
-        after the validation split): on the small ODDS sets the refit lost
-        more than it gained (see docs/scoring.md).
+        trimming is active: ``floor(trim_fraction * b) >= 1`` for ``b`` the
+        smaller of ``batch_size_`` and the rows trained on (with the
+        automatic batch size, from about 600 rows, 544 after the validation
+        split), and ``max_epochs > kl_warmup``. On the small ODDS sets the
+        refit lost more than it gained (see docs/scoring.md).
     lr : float, default=3e-3
         Learning rate of the Adam optimiser.
     weight_decay : float, default=0.0
@@ -381,9 +380,8 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         Training rows the refit left out (``refit_inliers``): 0 when the
         first network flagged none (or all but one row, too few to train
         on; the first network is then kept), None when no refit was asked
-        for. The
-        attributes above describe the refitted network, trained on the
-        other rows.
+        for or ``"auto"`` declined one. The attributes above describe the
+        refitted network, trained on the other rows.
     device_ : str
         Device the model was trained on.
     n_features_in_ : int

@@ -332,8 +332,9 @@ def score_csv(detector, path, stream, *, id_columns=(), threshold=None, fmt="csv
             scores[valid] = -detector.score_samples(pd.DataFrame(X[valid], columns=features))
             unscorable = valid & np.isnan(scores)
             if unscorable.any():
-                # Finite values too large for the float32 network (about
-                # 3e38 once standardised) come out as NaN scores.
+                # Values beyond float32's range are invalid rows already;
+                # this catches what is left: float32 arithmetic inside the
+                # network that overflows into NaN for extreme values.
                 problem = "its anomaly score is NaN: a value too large for the model's float32 network"
                 if not mark_invalid:
                     lines = chunk.index[unscorable] + 2
@@ -481,14 +482,18 @@ def score_images(detector, source, stream, *, threshold=None, fmt="csv", batch_s
                     try:
                         picture.save(os.path.join(staging, f"{number:06d}_{stem}.png"))
                     except OSError as exc:
-                        raise readers.DataError(
-                            f"cannot write heatmaps to {os.path.abspath(heatmaps)}: {exc.strerror or exc}"
-                        ) from None
+                        raise _heatmaps_error(heatmaps, exc) from None
             _emit({"path": paths}, scores, valid, [p for p in problems if p is not None], stream, summary,
                   fmt=fmt, header=header, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
             header = False
         stream.flush()
     return summary
+
+
+def _heatmaps_error(folder, exc):
+    import os
+
+    return readers.DataError(f"cannot write heatmaps to {os.path.abspath(folder)}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -511,7 +516,7 @@ def _staged_folder(target):
         os.makedirs(target, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".anomvae-", dir=target)
     except OSError as exc:
-        raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+        raise _heatmaps_error(target, exc) from None
     succeeded = False
     try:
         yield staging
@@ -519,7 +524,7 @@ def _staged_folder(target):
             for name in sorted(os.listdir(staging)):
                 os.replace(os.path.join(staging, name), os.path.join(target, name))
         except OSError as exc:
-            raise readers.DataError(f"cannot write heatmaps to {target}: {exc.strerror or exc}") from None
+            raise _heatmaps_error(target, exc) from None
         succeeded = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -453,7 +453,7 @@ def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.csv"]
 
 
-def _stop_while_reading_stdin(model, tmp_path, signum, preexec_fn=None):
+def _stop_while_reading_stdin(model, tmp_path, signum, preexec_fn=None, wait=30):
     """Run ``anomvae score MODEL - -o out.csv`` with a few rows on stdin and
     the rest never coming, send ``signum`` once its output file is open under
     a temporary name, and return the return code and stderr."""
@@ -472,7 +472,7 @@ def _stop_while_reading_stdin(model, tmp_path, signum, preexec_fn=None):
         time.sleep(0.3)
         process.send_signal(signum)
         try:
-            code = process.wait(timeout=30)
+            code = process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             code = None
         return code, process
@@ -497,7 +497,8 @@ def test_a_stopped_command_cleans_up_and_ends_by_the_signal(model, tmp_path, sig
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_a_signal_the_parent_ignores_stays_ignored(model, tmp_path):
     # As for a background job of a script: Ctrl-C is not for it.
-    code, process = _stop_while_reading_stdin(model, tmp_path, signal.SIGINT,
+    # A handled signal ends the command within a fraction of a second; 3 s is ample.
+    code, process = _stop_while_reading_stdin(model, tmp_path, signal.SIGINT, wait=3,
                                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     process.stderr.close()
     assert code is None  # still running (killed by the helper afterwards)
