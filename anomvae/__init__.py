@@ -4,7 +4,7 @@ The estimator is imported lazily so that ``import anomvae`` (and the
 ``anomvae`` command's ``--help``) does not pay for importing torch.
 """
 
-__version__ = "0.2.0"
+from .version import __version__
 
 __all__ = ["VAEAnomalyDetector", "load", "save", "__version__"]
 

@@ -1,180 +1,277 @@
 """Inference with a fitted VAE, without scikit-learn.
 
-Functions for what scoring needs once a model is trained: the scaling, the
-network run on fixed-height chunks, the anomaly score and the conformal
-p-values. :class:`~anomvae.VAEAnomalyDetector` delegates to them, and
-:class:`ScoringModel` uses them alone, so that ``anomvae score`` on a CSV file
-does not pay for importing scikit-learn (SciPy is imported only at the end,
-for the batch's shift test).
+:class:`FittedVAE` holds what every fitted model does with its network and
+fitted attributes: scores, per-feature contributions, latent codes and
+p-values. :class:`~anomvae.VAEAnomalyDetector` inherits it, and so does
+:class:`ScoringModel`, which a model file loads into for scoring alone, so
+that ``anomvae score`` on a CSV file does not pay for importing scikit-learn.
 """
 
+import numbers
 import warnings
 
 import numpy as np
 import torch
 
-from .floors import variance_floors
-from .model import build_vae, conv_plan
-
-# Scoring runs the network on chunks of one fixed height per model, copied
-# into freshly allocated buffers and padded with zeros.  Matrix-multiply
-# kernels pick their algorithm (and so their summation order) by matrix shape
-# and memory alignment, so a row's last bits could otherwise depend on how
-# many rows share its call and where numpy placed them; with every call the
-# same shape and alignment a row's score is bit-for-bit the same in any batch.
-_MIN_CHUNK_ROWS = 16
-_MAX_CHUNK_ROWS = 2048
-# Target number of floats in one chunk's widest activation tensor.
-_CHUNK_BUDGET = 1 << 20
+from .calibration import conformal_p_values
+from .model import build_vae
+from .preprocessing import Standardizer, check_domain
+from .schema import set_fitted
 
 
-def check_domain(X, likelihood):
-    """Raise ValueError when ``X`` has values outside [0, 1] for a likelihood
-    that needs them there (Bernoulli, continuous Bernoulli)."""
-    if likelihood != "gaussian" and X.size and (X.min() < 0 or X.max() > 1):
-        column = int(np.flatnonzero((X < 0).any(axis=0) | (X > 1).any(axis=0))[0])
-        raise ValueError(
-            f"likelihood={likelihood!r} needs values in [0, 1]; "
-            f"column {column} holds values in [{X[:, column].min():g}, {X[:, column].max():g}]"
-        )
+def numpy_rng(seed):
+    """A numpy RandomState from ``seed`` as scikit-learn's
+    ``check_random_state`` makes one, except that None gives a generator
+    seeded from the OS rather than numpy's global one, which is left
+    untouched."""
+    if seed is None:
+        return np.random.RandomState()
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    if isinstance(seed, numbers.Integral):
+        return np.random.RandomState(seed)
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
 
 
-# The functions below work on any object holding a fitted model's
-# attributes (``center_``, ``scale_``, ``module_``, ``latent_dim_``,
-# ``_module_config``, ``reference_scores_``, ``score_bound`` ...): the
-# estimator and ScoringModel both delegate to them.
+def restore_network(config, weights, device):
+    """The network of ``config`` with the ``weights`` (a state_dict), on
+    ``device`` when it is available, else on the CPU with a warning.
 
-
-def check_float32_range(X, usable=None):
-    """Raise ValueError naming the first value of ``X`` that float32, the
-    network's precision, cannot hold (``usable`` False there; by default
-    values beyond about 3.4e38): it would become an infinity and its score NaN."""
-    largest = np.finfo(np.float32).max
-    if usable is None:
-        if not X.size or max(X.max(), -X.min()) <= largest:  # no copy of X when all is well
-            return
-        usable = np.abs(X) <= largest
-    if not usable.all():
-        row, column = np.argwhere(~usable)[0]
-        where = "" if abs(X[row, column]) > largest else " once standardised"
-        raise ValueError(
-            f"X[{row}, {column}] = {X[row, column]:g} is too large for the model: the network computes in "
-            f"float32, whose range (about {largest:.1e}) it leaves{where}"
-        )
-
-
-def scale(model, X):
-    """``X`` standardised and in float32, the network's precision."""
-    with np.errstate(over="ignore"):
-        scaled = ((X - model.center_) / model.scale_).astype(np.float32)
-    check_float32_range(X, np.isfinite(scaled))
-    return scaled
-
-
-def chunk_rows(model, width):
-    per_row = max(1, model.module_.score_noise.shape[0] * width)
-    return int(np.clip(_CHUNK_BUDGET // per_row, _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS))
-
-
-def map_scaled(model, fn, X):
-    """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
-
-    ``fn`` maps a (n, ...) tensor to a tensor or a tuple of tensors with
-    n rows; the results come back concatenated as float64 numpy arrays.
-    Every chunk is padded to the same height, so that a row's result
-    does not depend on its neighbours.
+    Returns
+    -------
+    module : VAE
+        In evaluation mode.
+    device : str
+        Where it is.
     """
-    widths = [X.shape[1], model.latent_dim_, *model._module_config["hidden_dims"]]
-    if model._module_config.get("image_shape"):
-        channels, sizes = conv_plan(model._module_config["image_shape"])
-        widths += [c * h * w for c, (h, w) in zip(channels, sizes)]
-    step = chunk_rows(model, max(widths))
-    device = model.module_.score_noise.device
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, X.shape[0], step):
-            rows = torch.as_tensor(X[start:start + step])
-            n = rows.shape[0]
-            # A fresh buffer from torch's allocator: aligned memory and
-            # one shape for every call (see _MIN_CHUNK_ROWS).
-            chunk = torch.zeros((step, *rows.shape[1:]), device=device)
-            chunk[:n] = rows
-            result = fn(chunk)
-            result = result if isinstance(result, tuple) else (result,)
-            outputs.append([r[:n].double().cpu().numpy() for r in result])
-    merged = tuple(np.concatenate(parts) for parts in zip(*outputs))
-    return merged if len(merged) > 1 else merged[0]
-
-
-def score_samples(model, X):
-    # Change of variables from the scaled features back to the data's units.
-    log_jacobian = -np.log(model.scale_).sum()
-    if model.score_bound == "iwae":
-        return map_scaled(model, model.module_.importance_weighted_elbo, scale(model, X)) + log_jacobian
-    reconstruction, kl = map_scaled(model, model.module_.score_terms, scale(model, X))
-    return -(reconstruction + kl) + log_jacobian
-
-
-def p_values_of_scores(model, anomaly_scores):
-    """P-values of anomaly scores (negative ELBO) already computed."""
-    reference = model.reference_scores_
-    n_at_or_above = reference.size - np.searchsorted(reference, anomaly_scores, side="left")
-    return (1 + n_at_or_above) / (reference.size + 1)
-
-
-def set_fitted_state(model, fitted, weights):
-    """Restore onto ``model`` the fitted attributes that
-    ``VAEAnomalyDetector._fitted_state`` wrote."""
-    fitted = dict(fitted)
-    model._module_config = fitted.pop("module_config")
-    names = fitted.pop("feature_names_in_")
-    if names is not None:
-        model.feature_names_in_ = np.asarray(names, dtype=object)
-    model.center_ = np.asarray(fitted.pop("center_"), dtype=np.float64)
-    model.scale_ = np.asarray(fitted.pop("scale_"), dtype=np.float64)
-    model.min_variance_ = variance_floors(model._module_config)
-    # Model files written before image models existed have no image_shape_.
-    shape = fitted.pop("image_shape_", None)
-    model.image_shape_ = None if shape is None else tuple(shape)
-    # Files written before calibration existed lack these three.
-    model.training_scores_ = np.asarray(fitted.pop("training_scores_", []), dtype=np.float64)
-    reference = fitted.pop("reference_scores_", None)
-    model.calibration_fpr_ = fitted.pop("calibration_fpr_", None)
-    model.reference_scores_ = None if reference is None else np.asarray(reference, dtype=np.float64)
-    # Files written before refit_inliers existed had no refit.
-    model.n_refit_excluded_ = fitted.pop("n_refit_excluded_", None)
-    history = fitted.pop("history_", None)
-    if history is not None:
-        model.history_ = {k: [float("nan") if v is None else v for v in values] for k, values in history.items()}
-    for name, value in fitted.items():
-        setattr(model, name, value)
-    # A file edited or damaged by hand could hold arrays of other lengths,
-    # which numpy would broadcast into wrong scores without a word.
-    n_features = model._module_config["n_features"]
-    if getattr(model, "n_features_in_", n_features) != n_features:
-        raise ValueError(f"n_features_in_ is {model.n_features_in_}, the network has {n_features} inputs")
-    for name in ("center_", "scale_"):
-        if getattr(model, name).shape != (n_features,):
-            raise ValueError(f"{name} holds {getattr(model, name).size} values for {n_features} features")
-    if names is not None and len(names) != n_features:
-        raise ValueError(f"feature_names_in_ holds {len(names)} names for {n_features} features")
-    model.module_ = restore_module(model, weights)
-
-
-def restore_module(model, module_state):
-    device = model.device_
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"this model was trained on {device}, which is not available; using the CPU",
-            UserWarning,
-        )
-        device = model.device_ = "cpu"
-    module = build_vae(model._module_config)
-    module.load_state_dict(module_state)
-    return module.to(device).eval()
+        warnings.warn(f"this model was trained on {device}, which is not available; using the CPU", UserWarning)
+        device = "cpu"
+    module = build_vae(config)
+    module.load_state_dict(weights)
+    return module.to(device).eval(), device
 
 
-class ScoringModel:
+class FittedVAE:
+    """What a fitted model computes from its network and fitted attributes.
+
+    Subclasses provide ``_validate_input(X)``, which returns ``X`` as a
+    float array of ``n_features_in_`` columns in the likelihood's domain,
+    and the attributes ``module_``, ``network_config_``, ``center_``,
+    ``scale_``, ``latent_dim_``, ``reference_scores_`` and ``score_bound``.
+    """
+
+    def _check_fitted(self):
+        """Raise NotFittedError unless the model is fitted."""
+
+    def _validate_input(self, X):
+        raise NotImplementedError
+
+    @property
+    def standardizer_(self):
+        """The :class:`~anomvae.preprocessing.Standardizer` of ``center_``
+        and ``scale_``: what the network sees, and which rows it can score."""
+        return Standardizer(self.center_, self.scale_, self.network_config_.likelihood)
+
+    def _score_samples(self, X):
+        """ELBO (or importance-weighted bound) of validated rows."""
+        module, standardizer = self.module_, self.standardizer_
+        scaled = standardizer.transform(X)
+        if self.score_bound == "iwae":
+            return module.map_chunks(module.importance_weighted_elbo, scaled) + standardizer.log_jacobian
+        reconstruction, kl = module.map_chunks(module.score_terms, scaled)
+        return -(reconstruction + kl) + standardizer.log_jacobian
+
+    def score_samples(self, X):
+        """ELBO of each row, in nats: higher means more normal.
+
+        The anomaly score reported to users is its negation, the negative
+        ELBO.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), dtype float64
+        """
+        return self._score_samples(self._validate_input(X))
+
+    def feature_contributions(self, X):
+        """Each feature's share of the anomaly score (the negative ELBO).
+
+        A feature's contribution is its term of the reconstruction negative
+        log-likelihood ``-log p(x_j|z)``, averaged over the same fixed latent
+        draws as :meth:`score_samples`, plus ``log(scale_[j])`` (the
+        change of units of standardisation), so that::
+
+            feature_contributions(X).sum(axis=1) + kl_divergence(X)
+                == -score_samples(X)
+
+        up to floating-point rounding, with the default ``score_bound="elbo"``.
+        With ``score_bound="iwae"`` the score is the importance-weighted
+        bound, which these terms do not add up to; the contributions still
+        come from the ELBO's terms and show which features the model finds
+        least expected. For an image model, reshape a row to
+        ``image_shape_`` to map where the anomaly lies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        contributions : ndarray of shape (n_samples, n_features), dtype float64
+            In nats, columns in the order of the features seen in fit (named
+            by ``feature_names_in_`` when ``X`` had column names); always an
+            array, also for a DataFrame ``X``. Larger means the feature was
+            less expected given the rest of the row.
+        """
+        X = self._validate_input(X)
+        module = self.module_
+        reconstruction, _ = module.map_chunks(module.score_contributions, self.standardizer_.transform(X))
+        return reconstruction + np.log(self.scale_)
+
+    def kl_divergence(self, X):
+        """``KL(q(z|x) || N(0, I))`` of each row, in nats: the part of the
+        negative ELBO that :meth:`feature_contributions` leaves out.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        kl : ndarray of shape (n_samples,), dtype float64
+        """
+        X = self._validate_input(X)
+        module = self.module_
+        return module.map_chunks(lambda x: module.score_contributions(x)[1], self.standardizer_.transform(X))
+
+    def _encode_means(self, X):
+        """Latent means E[z|x] of validated rows."""
+        module = self.module_
+        return module.map_chunks(lambda x: module.encode(x)[0], self.standardizer_.transform(X))
+
+    def _decode_means(self, Z):
+        """Decoded means of float32 latent codes, in the data's units."""
+        module = self.module_
+        scaled = module.map_chunks(lambda z: module.likelihood.mean(module.decode(z)), Z)
+        return scaled * self.scale_ + self.center_
+
+    def p_values(self, X):
+        """Conformal p-value of each row against the calibration rows.
+
+        ``(1 + #{reference scores >= the row's score}) / (n_reference + 1)``:
+        small for rows scored as more anomalous than most reference rows.
+        A row has ``p_value <= calibration_fpr_`` exactly when it is flagged
+        (its anomaly score exceeds ``threshold_``), as long as the threshold
+        is the one ``calibrate`` set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        p_values : ndarray of shape (n_samples,), dtype float64
+            In ``[1 / (n_reference + 1), 1]``.
+        """
+        X = self._validate_input(X)
+        if getattr(self, "reference_scores_", None) is None:
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not calibrated yet. Call 'calibrate' "
+                "with normal reference rows before asking for p-values."
+            )
+        return conformal_p_values(self.reference_scores_, -self._score_samples(X))
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,), dtype float64
+        """
+        return self._score_samples(self._validate_input(X)) - self.offset_
+
+    def predict(self, X):
+        """Label rows: +1 for normal, -1 for anomalies.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype int
+        """
+        decision = self._score_samples(self._validate_input(X)) - self.offset_
+        return np.where(decision >= 0, 1, -1)
+
+    def inverse_transform(self, Z):
+        """Decoded means E[x|z] of latent codes, in the data's original units.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, latent_dim_)
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+        """
+        self._check_fitted()
+        from sklearn.utils import check_array
+
+        Z = check_array(Z, dtype=[np.float64, np.float32])
+        if Z.shape[1] != self.latent_dim_:
+            raise ValueError(
+                f"Z has {Z.shape[1]} columns, but the latent space of this "
+                f"VAEAnomalyDetector has {self.latent_dim_} dimensions"
+            )
+        return self._decode_means(Z.astype(np.float32))
+
+    def sample(self, n_samples=1, *, random_state=None, noise=False):
+        """Generate new rows from the model, in the data's original units.
+
+        Latent codes are drawn from the prior N(0, I) and decoded.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of rows to generate.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the draws.
+        noise : bool, default=False
+            When False, return the decoder's mean for each code; when True,
+            also draw from the observation model p(x|z) (Gaussian noise, or
+            0/1 values for the Bernoulli likelihood).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+        """
+        self._check_fitted()
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        rng = numpy_rng(random_state)
+        Z = rng.standard_normal((n_samples, self.latent_dim_)).astype(np.float32)
+        if not noise:
+            return self._decode_means(Z)
+        module = self.module_
+        generator = torch.Generator(device=module.score_noise.device)
+        generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        draws = module.map_chunks(lambda z: module.likelihood.sample(module.decode(z), generator), Z)
+        return draws * self.scale_ + self.center_
+
+
+class ScoringModel(FittedVAE):
     """A model file loaded for scoring only (see
     :func:`anomvae.persistence.load_for_scoring`).
 
@@ -183,14 +280,22 @@ class ScoringModel:
     and the same fixed latent draws, so the same bits), and the fitted
     attributes ``threshold_``, ``offset_``, ``reference_scores_`` and
     ``feature_names_in_`` are there; but it is not an estimator: it cannot
-    be refitted, cloned or put in a pipeline.
+    be refitted, cloned or put in a pipeline. A DataFrame's columns are
+    matched to ``feature_names_in_`` by name.
+
+    Parameters
+    ----------
+    attributes : dict
+        Fitted attributes by name, ``module_`` included (as
+        :mod:`anomvae.persistence` builds them).
+    score_bound : {"elbo", "iwae"}, default="elbo"
     """
 
-    def __init__(self, params, fitted, weights):
-        self.score_bound = params.get("score_bound", "elbo")
-        set_fitted_state(self, fitted, weights)
+    def __init__(self, attributes, *, score_bound="elbo"):
+        self.score_bound = score_bound
+        set_fitted(self, attributes)
 
-    def _check_features(self, X):
+    def _validate_input(self, X):
         names = getattr(self, "feature_names_in_", None)
         if hasattr(X, "columns") and names is not None:
             missing = [n for n in names if n not in X.columns]
@@ -205,14 +310,5 @@ class ScoringModel:
             )
         if not np.isfinite(X).all():
             raise ValueError("X holds NaN or infinite values")
-        check_domain(X, self._module_config["likelihood"])
+        check_domain(X, self.network_config_.likelihood)
         return X
-
-    def score_samples(self, X):
-        """ELBO of each row, in nats, as
-        :meth:`anomvae.VAEAnomalyDetector.score_samples`. A DataFrame's
-        columns are matched to ``feature_names_in_`` by name."""
-        return score_samples(self, self._check_features(X))
-
-    def _p_values_of_scores(self, anomaly_scores):
-        return p_values_of_scores(self, anomaly_scores)

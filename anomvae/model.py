@@ -1,18 +1,20 @@
 """PyTorch modules of the variational autoencoder.
 
 Only ``torch.nn.Module`` classes live here: encoders, decoders and
-likelihood heads, plus :func:`build_vae`, which rebuilds a network from the
-plain, JSON-serialisable configuration that the estimator stores with a
-fitted model.  Loss formulas come from :mod:`anomvae.elbo`.
+likelihood heads, plus :func:`build_vae`, which builds a network from the
+:class:`~anomvae.config.NetworkConfig` that a fitted model stores.  Loss
+formulas come from :mod:`anomvae.elbo`.
 """
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import elbo
-from .floors import DEFAULT_MIN_VARIANCE
+from .config import conv_plan
+from .preprocessing import DEFAULT_MIN_VARIANCE
 
 
 # Upper bound on the log-variance of q(z|x).  Far above what ordinary rows
@@ -23,6 +25,17 @@ from .floors import DEFAULT_MIN_VARIANCE
 # become NaN.  Very negative values need no bound: exp goes to 0, and no
 # term divides by the posterior's variance.
 LOGVAR_MAX = 20.0
+
+# Scoring runs the network on chunks of one fixed height per network, copied
+# into freshly allocated buffers and padded with zeros.  Matrix-multiply
+# kernels pick their algorithm (and so their summation order) by matrix shape
+# and memory alignment, so a row's last bits could otherwise depend on how
+# many rows share its call and where numpy placed them; with every call the
+# same shape and alignment a row's score is bit-for-bit the same in any batch.
+MIN_CHUNK_ROWS = 16
+MAX_CHUNK_ROWS = 2048
+# Target number of floats in one chunk's widest activation tensor.
+CHUNK_BUDGET = 1 << 20
 
 
 def _mlp(sizes):
@@ -144,31 +157,6 @@ class ContinuousBernoulliLikelihood(_Likelihood):
         return torch.where(small, u, torch.log1p(u * torch.expm1(safe)) / safe).clamp(0.0, 1.0)
 
 
-def conv_plan(image_shape):
-    """Channel widths and feature-map sizes of the convolutional encoder.
-
-    Each stage halves height and width (rounding up) with a stride-2
-    convolution, until the larger side is at most 4 pixels (at least one
-    stage).  Widths start at 32 channels and double per stage up to 128, so
-    a 8x8 image gets stages of 32 and 64 channels, a 64x64 one four stages.
-
-    Returns
-    -------
-    channels : list of int
-    sizes : list of (int, int)
-        Height and width after each stage.
-    """
-    _, height, width = (int(v) for v in image_shape)
-    channels, sizes = [], []
-    while not sizes or max(sizes[-1]) > 4:
-        height, width = (height + 1) // 2, (width + 1) // 2
-        channels.append(min(128, 32 * 2 ** len(channels)))
-        sizes.append((height, width))
-        if (height, width) == (1, 1):
-            break
-    return channels, sizes
-
-
 class ConvEncoder(nn.Module):
     """Strided convolutions, then dense layers, from flat pixel rows to the
     mean and log-variance of q(z|x).  Rows are reshaped to ``image_shape``
@@ -231,13 +219,44 @@ class VAE(nn.Module):
     batch, nor on how often it is scored.
     """
 
-    def __init__(self, encoder, decoder, likelihood, latent_dim, n_score_samples=1):
+    def __init__(self, encoder, decoder, likelihood, latent_dim, n_score_samples=1, inner_width=1):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.register_buffer("score_noise", torch.zeros(n_score_samples, latent_dim))
+        self.inner_width = inner_width
+
+    def chunk_rows(self, width):
+        """Rows per chunk for inputs ``width`` values wide."""
+        per_row = max(1, self.score_noise.shape[0] * max(width, self.inner_width))
+        return int(np.clip(CHUNK_BUDGET // per_row, MIN_CHUNK_ROWS, MAX_CHUNK_ROWS))
+
+    def map_chunks(self, fn, X):
+        """Apply ``fn`` to row chunks of the float32 array or tensor ``X``.
+
+        ``fn`` maps a (n, ...) tensor to a tensor or a tuple of tensors with
+        n rows; the results come back concatenated as float64 numpy arrays.
+        Every chunk is padded to the same height (:meth:`chunk_rows`), so
+        that a row's result does not depend on its neighbours.
+        """
+        step = self.chunk_rows(X.shape[1])
+        device = self.score_noise.device
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], step):
+                rows = torch.as_tensor(X[start:start + step])
+                n = rows.shape[0]
+                # A fresh buffer from torch's allocator: aligned memory and
+                # one shape for every call (see MIN_CHUNK_ROWS).
+                chunk = torch.zeros((step, *rows.shape[1:]), device=device)
+                chunk[:n] = rows
+                result = fn(chunk)
+                result = result if isinstance(result, tuple) else (result,)
+                outputs.append([r[:n].double().cpu().numpy() for r in result])
+        merged = tuple(np.concatenate(parts) for parts in zip(*outputs))
+        return merged if len(merged) > 1 else merged[0]
 
     def encode(self, x):
         return self.encoder(x)
@@ -288,36 +307,29 @@ class VAE(nn.Module):
 
 
 def build_vae(config):
-    """Build an untrained :class:`VAE` from a configuration dictionary.
-
-    The keys are ``architecture`` (``"mlp"`` or ``"conv"``), ``n_features``,
-    ``image_shape`` (``[C, H, W]``, for ``"conv"`` only), ``hidden_dims``,
-    ``latent_dim``, ``likelihood`` (``"gaussian"``, ``"bernoulli"`` or
-    ``"continuous_bernoulli"``), ``min_variance`` and ``n_score_samples``.  The same
-    dictionary, stored with a fitted model, rebuilds the network so that its
-    ``state_dict`` can be loaded into it.
-    """
-    architecture = config.get("architecture", "mlp")
-    n_features = int(config["n_features"])
-    latent_dim = int(config["latent_dim"])
-    hidden_dims = [int(h) for h in config["hidden_dims"]]
-    if architecture == "mlp":
+    """Build an untrained :class:`VAE` from a
+    :class:`~anomvae.config.NetworkConfig`; the same configuration, stored
+    with a fitted model, rebuilds the network so that its ``state_dict``
+    can be loaded into it."""
+    n_features, latent_dim, hidden_dims = config.n_features, config.latent_dim, list(config.hidden_dims)
+    if config.architecture == "mlp":
         encoder = MLPEncoder(n_features, hidden_dims, latent_dim)
         decoder = MLPDecoder(latent_dim, hidden_dims[::-1], n_features)
-    elif architecture == "conv":
-        image_shape = [int(v) for v in config["image_shape"]]
+    elif config.architecture == "conv":
+        image_shape = list(config.image_shape or ())
         if math.prod(image_shape) != n_features:
             raise ValueError(f"image_shape {image_shape} does not hold {n_features} features")
         encoder = ConvEncoder(image_shape, hidden_dims, latent_dim)
         decoder = ConvDecoder(latent_dim, hidden_dims[::-1], image_shape)
     else:
-        raise ValueError(f"unknown architecture {architecture!r}")
-    if config["likelihood"] == "gaussian":
-        likelihood = GaussianLikelihood(n_features, config.get("min_variance", DEFAULT_MIN_VARIANCE))
-    elif config["likelihood"] == "bernoulli":
+        raise ValueError(f"unknown architecture {config.architecture!r}")
+    if config.likelihood == "gaussian":
+        floors = DEFAULT_MIN_VARIANCE if config.min_variance is None else list(config.min_variance)
+        likelihood = GaussianLikelihood(n_features, floors)
+    elif config.likelihood == "bernoulli":
         likelihood = BernoulliLikelihood()
-    elif config["likelihood"] == "continuous_bernoulli":
+    elif config.likelihood == "continuous_bernoulli":
         likelihood = ContinuousBernoulliLikelihood()
     else:
-        raise ValueError(f"unknown likelihood {config['likelihood']!r}")
-    return VAE(encoder, decoder, likelihood, latent_dim, int(config.get("n_score_samples", 1)))
+        raise ValueError(f"unknown likelihood {config.likelihood!r}")
+    return VAE(encoder, decoder, likelihood, latent_dim, config.n_score_samples, max(config.inner_widths()))

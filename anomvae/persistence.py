@@ -1,11 +1,7 @@
 """Model files: one zip archive holding JSON metadata and the weights.
 
-Layout of a ``.anomvae`` file (format version 3). Older files load as well:
-version 1, written before the Gaussian likelihood's variance floor became
-per-feature, and version 2, written before the ``trim_by`` parameter (both
-trimmed by the loss). The version rises whenever the stored parameters
-gain one, so that an older anomvae refuses a newer file by name instead of
-failing on a parameter it does not know::
+Layout of a ``.anomvae`` file (the fields and format versions are declared
+in :mod:`anomvae.schema`)::
 
     anomvae.json   format marker and version, anomvae version, estimator
                    parameters, fitted attributes (feature names, scaling,
@@ -19,47 +15,30 @@ loader run code. Reading the metadata alone (:func:`read_metadata`) does not
 import torch at all, so ``anomvae info`` stays fast.
 """
 
-import contextlib
 import copy
 import io
 import json
 import os
-import stat
-import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
-from numbers import Integral
 
-from . import __version__
+from . import schema
+from .errors import ModelFileError
+from .files import atomic_write
+from .version import __version__
 
-FORMAT = "anomvae-model"
-FORMAT_VERSION = 3
 METADATA_NAME = "anomvae.json"
 WEIGHTS_NAME = "weights.pt"
-
-
-class ModelFileError(ValueError):
-    """A file that cannot be read as an anomvae model."""
-
-
-def _json_params(params):
-    clean = {}
-    for name, value in params.items():
-        if isinstance(value, tuple):
-            value = list(value)
-        if name == "random_state" and not (value is None or isinstance(value, Integral)):
-            value = None  # a RandomState instance has no faithful JSON form
-        clean[name] = value
-    return clean
 
 
 def save(detector, path, *, extra=None):
     """Write a fitted :class:`~anomvae.VAEAnomalyDetector` to ``path``.
 
     The file is written beside its destination under a temporary name and
-    renamed into place, so an interrupted save never leaves a partial model
-    file, and an existing file is replaced only by a complete one.
+    renamed into place (:func:`anomvae.files.atomic_write`), so an
+    interrupted save never leaves a partial model file, and an existing file
+    is replaced only by a complete one.
 
     Parameters
     ----------
@@ -70,66 +49,32 @@ def save(detector, path, *, extra=None):
     extra : dict, default=None
         JSON-serialisable information stored alongside (the command-line
         tool records the training file and its id columns here).
+
+    Raises
+    ------
+    OutputError
+        When ``path`` cannot be written.
     """
     import torch
+    from sklearn.utils.validation import check_is_fitted
 
-    fitted, weights = detector._fitted_state()
+    check_is_fitted(detector)
     metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": schema.FORMAT,
+        "format_version": schema.FORMAT_VERSION,
         "anomvae_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "estimator": type(detector).__name__,
-        "params": _json_params(detector.get_params(deep=False)),
-        "fitted": fitted,
+        "params": schema.json_params(detector.get_params(deep=False)),
+        "fitted": schema.encode_fitted(detector),
         "extra": extra or {},
     }
     buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with contextlib.suppress(OSError):  # some file systems keep no permissions
-                os.fchmod(handle.fileno(), replacement_mode(path))
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr(METADATA_NAME, json.dumps(metadata, indent=1, allow_nan=True))
-                archive.writestr(WEIGHTS_NAME, buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def replacement_mode(path):
-    """Permission bits for a file written under a temporary name and renamed
-    to ``path``: those of the file it replaces, else what a plain ``open``
-    would give (0o666 less the umask). ``mkstemp`` alone gives 0o600."""
-    try:
-        # Read and write bits only: setuid, setgid and sticky bits are not
-        # carried over to a file this process now owns.
-        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
-    except OSError:
-        pass
-    return 0o666 & ~_umask()
-
-
-def _umask():
-    # Reading the umask means setting it; /proc tells it without that
-    # (Linux), so threads never see a changed umask there.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    torch.save({k: v.detach().cpu() for k, v in detector.module_.state_dict().items()}, buffer)
+    with atomic_write(path, "wb") as handle:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(METADATA_NAME, json.dumps(metadata, indent=1, allow_nan=True))
+            archive.writestr(WEIGHTS_NAME, buffer.getvalue())
 
 
 def _open(path):
@@ -163,26 +108,27 @@ def _check_metadata(path, raw):
         metadata = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: corrupted model file ({METADATA_NAME} is not valid JSON: {exc})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an anomvae model file (no '{FORMAT}' marker in {METADATA_NAME})")
+    if not isinstance(metadata, dict) or metadata.get("format") != schema.FORMAT:
+        raise ModelFileError(f"{path}: not an anomvae model file (no '{schema.FORMAT}' marker in {METADATA_NAME})")
     version = metadata.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ModelFileError(f"{path}: corrupted model file (format_version is {version!r})")
-    if version > FORMAT_VERSION:
+    if version > schema.FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: written by anomvae {metadata.get('anomvae_version', '?')} in model format "
-            f"{version}; this anomvae {__version__} reads format {FORMAT_VERSION} at most. Upgrade anomvae."
+            f"{version}; this anomvae {__version__} reads format {schema.FORMAT_VERSION} at most. Upgrade anomvae."
         )
     for key in ("params", "fitted"):
         if not isinstance(metadata.get(key), dict):
             raise ModelFileError(f"{path}: corrupted model file ({METADATA_NAME} has no '{key}' section)")
-    return metadata
+    return schema.migrate(metadata)
 
 
 def read_metadata(path):
     """Read and check a model file's metadata without loading its weights.
 
-    Does not import torch.
+    Does not import torch. Files of older formats are upgraded to the
+    current layout (:func:`anomvae.schema.migrate`).
 
     Returns
     -------
@@ -214,26 +160,33 @@ def _load_parts(path):
     return metadata, weights
 
 
-def _rebuild(path, build):
-    """The model ``build`` makes from a model file, and the file's metadata."""
-    metadata, weights = _load_parts(path)
-    try:
-        return build(copy.deepcopy(metadata["params"]), copy.deepcopy(metadata["fitted"]), weights), metadata
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        raise ModelFileError(f"{path}: corrupted model file (inconsistent contents: {exc})") from None
+def _build(metadata, weights, scoring_only):
+    from .fitted import ScoringModel, restore_network
+
+    params = schema.estimator_params(metadata["params"])
+    attributes = schema.decode_fitted(metadata["fitted"])
+    attributes["module_"], attributes["device_"] = restore_network(
+        attributes["network_config_"], weights, attributes["device_"]
+    )
+    if scoring_only:
+        return ScoringModel(attributes, score_bound=params.get("score_bound", "elbo"))
+    from .detector import VAEAnomalyDetector
+
+    detector = VAEAnomalyDetector(**params)
+    schema.set_fitted(detector, attributes)
+    return detector
 
 
 def load_with_metadata(path, *, scoring_only=False):
     """:func:`load` (or :func:`load_for_scoring` when ``scoring_only``) and
     :func:`read_metadata` of the same file, which is read once.  The
     metadata returned shares nothing with the model."""
-    if scoring_only:
-        from .fitted import ScoringModel as build
-    else:
-        from .detector import VAEAnomalyDetector
-
-        build = VAEAnomalyDetector._from_fitted_state
-    return _rebuild(path, build)
+    metadata, weights = _load_parts(path)
+    try:
+        model = _build(copy.deepcopy(metadata), weights, scoring_only)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: corrupted model file (inconsistent contents: {exc})") from None
+    return model, metadata
 
 
 def load(path):

@@ -135,6 +135,14 @@ def make_detector(name, seed, params, members=1, seed_offset=0):
         from pyod.models.ecod import ECOD
 
         return ECOD(), lambda d, X: d.decision_function(X)
+    if name == "copod":
+        from pyod.models.copod import COPOD
+
+        return COPOD(), lambda d, X: d.decision_function(X)
+    if name == "knn":
+        from pyod.models.knn import KNN
+
+        return KNN(), lambda d, X: d.decision_function(X)
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -145,7 +153,7 @@ def available_models():
     except ImportError:
         print("pyod is not installed: PyOD peers are skipped (pip install -e '.[bench]')", file=sys.stderr)
     else:
-        models += ["pyod_vae", "pyod_ae", "ecod"]
+        models += ["pyod_vae", "pyod_ae", "ecod", "copod", "knn"]
     return models
 
 

@@ -151,12 +151,12 @@ def cli_against_read_csv(n_rows, n_features, repeats, workdir):
     # written by the same formatter, with placeholder scores and no model.
     floor = [sys.executable, "-c", (
         "import numpy as np, pandas as pd\n"
-        "from anomvae.scoring import _write\n"
+        "from anomvae.results import write_frame\n"
         f"n = len(pd.read_csv({str(data)!r}))\n"
         "s = np.random.default_rng(0).normal(20.0, 3.0, n)\n"
         "flags = np.where(s > 26.0, 'true', 'false')\n"
         "out = pd.DataFrame({'row': np.arange(1, n + 1), 'anomaly_score': s, 'is_anomaly': flags})\n"
-        f"with open({str(Path(workdir) / 'floor.csv')!r}, 'w') as f: _write(out, f, 'csv', True)\n"
+        f"with open({str(Path(workdir) / 'floor.csv')!r}, 'w') as f: write_frame(out, f, 'csv', True)\n"
     )]
     # Two parts of `anomvae score` timed alone: starting Python and importing
     # torch (nothing read), and the network on the file's rows once they are

@@ -15,12 +15,20 @@ apply: the best epoch of each split, and the best single epoch count.
     python benchmarks/stopping.py --seed-offsets 0 1 --jobs 2   # about 6 minutes per offset on 2 cores
     python benchmarks/stopping.py --seed-offsets 0 1 --replay   # report again from the stored trajectories
     python benchmarks/stopping.py --quick                       # smoke run on a tiny subset
+
+Output: the per-epoch records (``--trajectories``; several MB for the
+whole suite and a few offsets) and the summary rows (``--csv``) go to
+``anomvae-stopping/`` in the system's temporary folder unless paths are
+given, so a run never writes into the repository. ``--replay`` reads the
+records from the same default path, so it reports on the last run made
+with the defaults on this machine.
 """
 
 import argparse
 import itertools
 import json
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import odds  # noqa: E402
 
 RESULTS = odds.ROOT / "benchmarks" / "results"
+OUTPUT = Path(tempfile.gettempdir()) / "anomvae-stopping"
 PATIENCES = (5, 10, 20, 30)
 TOLS = (1e-4, 1e-3, 3e-3, 1e-2)
 
@@ -69,26 +78,32 @@ def trajectory(path, seed, seed_offset, epochs, params, quick):
     import torch
 
     from anomvae import VAEAnomalyDetector
+    from anomvae.preprocessing import Standardizer
+    from anomvae.training import TrainingOptions, fit_network
 
     torch.set_num_threads(1)
     X_train, X_test, _, y_test = odds.load_split(path, seed, quick)
+    # The fit VAEAnomalyDetector(**params) makes, watched after every epoch.
+    detector = VAEAnomalyDetector(random_state=seed + 100 * seed_offset, max_epochs=epochs, n_iter_no_change=None,
+                                  **params)
+    options = TrainingOptions.from_params(detector.get_params())
+    scaled_test = Standardizer.fit(X_train, standardize=True, likelihood="gaussian").transform(X_test)
     test_auc = []
 
-    class Recording(VAEAnomalyDetector):
-        def _report_epoch(self, history, epoch):
-            super()._report_epoch(history, epoch)
-            # Scoring draws no random numbers, so the trajectory is the one
-            # an ordinary fit with the same random_state follows.
-            test_auc.append(roc_auc_score(y_test, -self._score_samples(X_test)))
+    def watch(record, module):
+        # Scoring draws no random numbers, so the trajectory is the one an
+        # ordinary fit with the same random_state follows. The scaling's
+        # log-Jacobian is the same for every row and leaves ranks alone.
+        reconstruction, kl = module.map_chunks(module.score_terms, scaled_test)
+        test_auc.append(roc_auc_score(y_test, reconstruction + kl))
 
-    detector = Recording(random_state=seed + 100 * seed_offset, max_epochs=epochs, n_iter_no_change=None,
-                         **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        detector.fit(X_train)
+        net = fit_network(X_train, options, np.random.RandomState(detector.random_state), "cpu", on_epoch=watch)
+    history = net.training.history
     return pd.DataFrame({
         "dataset": path.stem, "seed": seed, "seed_offset": seed_offset,
-        "epoch": detector.history_["epoch"], "val_loss": detector.history_["val_loss"], "roc_auc": test_auc,
+        "epoch": history.epoch, "val_loss": history.val_loss, "roc_auc": test_auc,
     })
 
 
@@ -135,9 +150,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
     parser.add_argument("--compare", type=Path, default=RESULTS / "odds.csv",
                         help="results CSV of benchmarks/odds.py whose peers' rows rank the rules")
-    parser.add_argument("--trajectories", type=Path, default=RESULTS / "stopping-trajectories.csv",
-                        help="CSV the per-epoch records are written to")
-    parser.add_argument("--csv", type=Path, default=RESULTS / "stopping.csv", help="CSV of the summary rows")
+    parser.add_argument("--trajectories", type=Path, default=OUTPUT / "trajectories.csv",
+                        help="CSV the per-epoch records are written to (default: %(default)s)")
+    parser.add_argument("--csv", type=Path, default=OUTPUT / "summary.csv",
+                        help="CSV of the summary rows (default: %(default)s)")
     parser.add_argument("--replay", action="store_true",
                         help="fit nothing: read the --trajectories CSV of an earlier run and report again")
     args = parser.parse_args(argv)
@@ -160,6 +176,8 @@ def main(argv=None):
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")
 
     if args.replay:
+        if not args.trajectories.exists():
+            parser.error(f"{args.trajectories} does not exist: run without --replay first, or give --trajectories")
         trajectories = pd.read_csv(args.trajectories)
         trajectories = trajectories[trajectories.dataset.isin([p.stem for p in paths])
                                     & trajectories.seed.lt(args.seeds)
@@ -185,7 +203,9 @@ def main(argv=None):
 
     warmup = params.get("kl_warmup", VAEAnomalyDetector().kl_warmup)
     summary = evaluate(trajectories, peer_auc, warmup)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.csv, index=False)
+    print(f"records: {args.trajectories}\nsummary: {args.csv}")
     defaults = VAEAnomalyDetector()
     print(f"defaults: n_iter_no_change={defaults.n_iter_no_change}, tol={defaults.tol:g}")
     shown = summary.pivot_table(index="rule", columns="seed_offset", sort=False,

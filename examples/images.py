@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 
 from anomvae import VAEAnomalyDetector
-from anomvae.scoring import heatmap_image
+from anomvae.explain import heatmap_image
 
 PICTURE = Path(__file__).resolve().parents[1] / "docs" / "images" / "digits-heatmaps.png"
 

@@ -94,11 +94,11 @@ def test_stopping_replay_matches_a_fit_that_stops_early():
     params = {"random_state": 3, "kl_warmup": 2, "tol": 1e-2, "max_epochs": 80}
     stopped = VAEAnomalyDetector(n_iter_no_change=3, **params).fit(X)
     full = VAEAnomalyDetector(n_iter_no_change=None, **params).fit(X)
-    best, stop, did_stop = stopping.replay(full.history_["val_loss"], 3, 1e-2, 2)
+    best, stop, did_stop = stopping.replay(full.history_.val_loss, 3, 1e-2, 2)
     assert did_stop and stop < 80
     assert (best, stop) == (stopped.best_epoch_, stopped.n_epochs_)
     # The rule only decides where to cut: the losses up to there are the same.
-    assert stopped.history_["val_loss"] == full.history_["val_loss"][:stop]
+    assert stopped.history_.val_loss == full.history_.val_loss[:stop]
     # A trajectory too short for the patience is reported as not stopped.
     assert stopping.replay([3.0, 2.0, 2.5], 5, 0.0, 1) == (2, 3, False)
     # By hand: epoch 4 resets the patience (a large gain), epoch 6 does not

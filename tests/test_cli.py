@@ -19,7 +19,10 @@ from click.testing import CliRunner
 
 import anomvae
 from anomvae import cli
-from anomvae.detector import VAEAnomalyDetector, _grid_variance_floor
+from anomvae.cli import info as info_command
+from anomvae.cli import options as cli_options
+from anomvae.detector import VAEAnomalyDetector
+from anomvae.preprocessing import grid_variance_floor
 from conftest import assert_runs_without
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
@@ -107,10 +110,10 @@ def test_fit_exclude(tmp_path):
 def test_cli_defaults_are_the_estimators():
     defaults = VAEAnomalyDetector().get_params()
     # As the commands pass them on: "true"/"false" choices become booleans.
-    shown = cli._estimator_params({param: default for param, _, default, _ in cli.ESTIMATOR_OPTIONS})
+    shown = cli_options.estimator_params({param: default for param, _, default, _ in cli_options.ESTIMATOR_OPTIONS})
     for param, default in shown.items():
         assert defaults[param] == default and type(defaults[param]) is type(default), param
-    exposed = {param for param, *_ in cli.ESTIMATOR_OPTIONS}
+    exposed = {param for param, *_ in cli_options.ESTIMATOR_OPTIONS}
     # image_shape comes from --image-size and --grayscale.
     assert exposed == set(defaults) - {"verbose", "image_shape"}
 
@@ -434,9 +437,9 @@ def test_summary_and_results_must_be_different_files(model, tmp_path):
 
 def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
     (tmp_path / "out.csv").write_text("previous results\n")
-    from anomvae import scoring
+    from anomvae import results
 
-    real_write = scoring._write
+    real_write = results.write_frame
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -445,7 +448,7 @@ def test_interrupt_exits_130_and_leaves_no_output(model, monkeypatch, tmp_path):
             raise KeyboardInterrupt
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr("anomvae.scoring._write", interrupted)
+    monkeypatch.setattr("anomvae.results.write_frame", interrupted)
     result = invoke("score", model, NEW, "-o", tmp_path / "out.csv", "--chunk-size", "100")
     assert result.exit_code == 130 and len(calls) == 2
     assert "Error: interrupted" in result.stderr
@@ -554,7 +557,7 @@ def test_info_text_and_json(model):
     # One floor per feature, as fit derives them from the training data.
     X = pd.read_csv(TRAIN)[data["features"]].to_numpy(float)
     assert len(data["variance_floors"]) == 21
-    np.testing.assert_allclose(data["variance_floors"], _grid_variance_floor(X, X.std(axis=0)), rtol=1e-12)
+    np.testing.assert_allclose(data["variance_floors"], grid_variance_floor(X, X.std(axis=0)), rtol=1e-12)
     assert max(data["variance_floors"]) > 1e-3 and "variance:   floor 0.001 on " in text.stdout
     assert data["params"]["trim_by"] == "kl" and "trim_by=kl" in text.stdout
 
@@ -617,7 +620,7 @@ def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
     ([0.02, 0.5], "floor 0.02 to 0.5 on every feature"),
 ])
 def test_info_sums_up_the_variance_floors(floors, line):
-    assert line in cli._floors_line(np.array(floors))
+    assert line in info_command.floors_line(np.array(floors))
 
 
 def test_info_shows_grid_floors_of_discrete_features(tmp_path):
@@ -644,7 +647,7 @@ def test_progress_handler_advances_once_per_epoch(inliers):
     import logging
 
     bar = Bar()
-    handler = cli._EpochProgress(bar)
+    handler = cli_options.EpochProgress(bar)
     logger = logging.getLogger("anomvae")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

@@ -70,7 +70,7 @@ def test_score_writes_one_row_per_image(image_model, new_images):
     assert list(frame.columns) == ["path", "anomaly_score", "is_anomaly"]
     assert len(frame) == 8 and frame["path"].str.endswith(".png").all()
     detector = anomvae.load(image_model)
-    from anomvae.data import read_images
+    from anomvae.images import read_images
 
     paths, X = read_images(str(new_images), size=(8, 8), grayscale=True)
     assert list(frame["path"]) == paths

@@ -174,7 +174,7 @@ def test_shift_is_reported_and_warned(files, tmp_path):
 
 def test_quiet_scoring_skips_the_unread_shift_test(files, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a: calls.append(a))
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a, **k: calls.append(a))
     (tmp_path / "batch.csv").write_text(draw(20, seed=6).assign(id="x").to_csv(index=False))
     assert invoke("score", files / "plain.anomvae", tmp_path / "batch.csv", "-q").exit_code == 0
     assert calls == []
@@ -192,7 +192,7 @@ def test_failed_score_writes_no_summary(files, tmp_path):
 def test_unwritable_summary_replaces_no_results(files, tmp_path, monkeypatch):
     (tmp_path / "out.csv").write_text("previous results\n")
     scored = []
-    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a: scored.append(a))
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a, **k: scored.append(a))
     result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
                     "--summary-json", tmp_path / "no-such-folder" / "summary.json")
     assert result.exit_code == 2 and "cannot write" in result.stderr and "summary.json" in result.stderr

@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anomvae import VAEAnomalyDetector
+from anomvae.model import build_vae
 
 from conftest import make_low_rank, quiet_fit
 
@@ -133,13 +134,13 @@ def test_global_random_generators_untouched(inliers):
 def test_monitoring_runs_only_when_something_uses_it(inliers):
     common = dict(max_epochs=3, kl_warmup=0, validation_fraction=0.0, random_state=0)
     unmonitored = quiet_fit(VAEAnomalyDetector(n_iter_no_change=None, **common), inliers)
-    assert np.isnan(unmonitored.history_["val_loss"]).all()
-    assert np.isfinite(unmonitored.history_["train_loss"]).all()
+    assert np.isnan(unmonitored.history_.val_loss).all()
+    assert np.isfinite(unmonitored.history_.train_loss).all()
     # Early stopping without a validation split watches the training rows.
     watched = quiet_fit(VAEAnomalyDetector(n_iter_no_change=5, **common), inliers)
-    assert np.isfinite(watched.history_["val_loss"]).all()
+    assert np.isfinite(watched.history_.val_loss).all()
     # The monitor pass does not touch the weights' training.
-    np.testing.assert_array_equal(unmonitored.history_["train_loss"], watched.history_["train_loss"])
+    np.testing.assert_array_equal(unmonitored.history_.train_loss, watched.history_.train_loss)
 
 
 @pytest.mark.parametrize("n_rows, expected", [(90, 16), (500, 28), (3000, 128)])
@@ -158,11 +159,15 @@ def test_trained_parameters_own_their_memory(fitted, inliers):
     params = list(fitted.module_.parameters())
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
     assert all(p.grad is None for p in params)
-    diverging = VAEAnomalyDetector(max_epochs=3, lr=1e30, random_state=0)
+    from anomvae.training import TrainingOptions, train
+
+    module = build_vae(fitted.network_config_)
     with pytest.raises(ValueError, match="diverged"):
-        quiet_fit(diverging, inliers)
-    params = list(diverging.module_.parameters())
+        train(module, inliers.astype(np.float32), None, TrainingOptions(max_epochs=3, lr=1e30),
+              seeds=(0, 1), device="cpu")
+    params = list(module.parameters())
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
+    assert all(p.grad is None for p in params)
 
 
 def test_trimming_leaves_out_each_batchs_worst_rows_after_warm_up(inliers):
@@ -170,13 +175,13 @@ def test_trimming_leaves_out_each_batchs_worst_rows_after_warm_up(inliers):
     trimmed = quiet_fit(VAEAnomalyDetector(trim_fraction=0.1, **common), inliers).history_
     # The objective is the mean over the kept rows: during the warm-up it is
     # the mean over every row; after it, the 10% worst rows are left out.
-    everyone = np.add(trimmed["train_reconstruction"], np.multiply(trimmed["beta"], trimmed["train_kl"]))
-    np.testing.assert_allclose(trimmed["train_loss"][:3], everyone[:3], rtol=1e-5)
-    assert all(t < e - 0.01 * abs(e) for t, e in zip(trimmed["train_loss"][3:], everyone[3:]))
+    everyone = np.add(trimmed.train_reconstruction, np.multiply(trimmed.beta, trimmed.train_kl))
+    np.testing.assert_allclose(trimmed.train_loss[:3], everyone[:3], rtol=1e-5)
+    assert all(t < e - 0.01 * abs(e) for t, e in zip(trimmed.train_loss[3:], everyone[3:]))
     untrimmed = quiet_fit(VAEAnomalyDetector(trim_fraction=0.0, **common), inliers).history_
     np.testing.assert_allclose(
-        untrimmed["train_loss"],
-        np.add(untrimmed["train_reconstruction"], np.multiply(untrimmed["beta"], untrimmed["train_kl"])),
+        untrimmed.train_loss,
+        np.add(untrimmed.train_reconstruction, np.multiply(untrimmed.beta, untrimmed.train_kl)),
         rtol=1e-5,
     )
 
@@ -185,11 +190,11 @@ def test_batches_too_small_to_trim_train_on_every_row(inliers):
     common = dict(max_epochs=3, kl_warmup=1, batch_size=33, random_state=0)
     a = quiet_fit(VAEAnomalyDetector(trim_fraction=0.03, **common), inliers)
     b = quiet_fit(VAEAnomalyDetector(trim_fraction=0.0, **common), inliers)
-    assert a.history_["train_loss"] == b.history_["train_loss"]
+    assert a.history_.train_loss == b.history_.train_loss
 
 
 def test_rows_kept_ranks_by_the_chosen_term():
-    from anomvae.detector import _rows_kept
+    from anomvae.training import rows_kept as _rows_kept
 
     # Row 0 has the highest loss, row 3 the largest KL term.
     per_row = torch.tensor([9.0, 1.0, 2.0, 3.0, 2.0])
@@ -201,9 +206,9 @@ def test_rows_kept_ranks_by_the_chosen_term():
 
 
 def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch):
-    from anomvae import detector as module
+    from anomvae import training as module
 
-    real = module._rows_kept
+    real = module.rows_kept
     seen = []
 
     def spy(per_row, kl, n_kept, trim_by):
@@ -211,7 +216,7 @@ def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch)
         seen.append((kl.detach().clone(), per_row.detach().clone(), kept, trim_by))
         return kept
 
-    monkeypatch.setattr(module, "_rows_kept", spy)
+    monkeypatch.setattr(module, "rows_kept", spy)
     common = dict(max_epochs=4, kl_warmup=2, n_iter_no_change=None, validation_fraction=0.0,
                   batch_size=100, trim_fraction=0.1, random_state=0)
     by_kl = quiet_fit(VAEAnomalyDetector(trim_by="kl", **common), inliers)
@@ -227,17 +232,17 @@ def test_trim_by_kl_leaves_out_each_batchs_largest_kl_rows(inliers, monkeypatch)
     for epoch, calls in ((2, seen[:per_epoch]), (3, seen[per_epoch:])):
         kl_total = sum(float(kl.sum()) for kl, *_ in calls)
         loss_total = sum(float(per_row[kept].mean()) * len(per_row) for _, per_row, kept, _ in calls)
-        assert kl_total / len(inliers) == pytest.approx(by_kl.history_["train_kl"][epoch], rel=1e-5)
-        assert loss_total / len(inliers) == pytest.approx(by_kl.history_["train_loss"][epoch], rel=1e-5)
+        assert kl_total / len(inliers) == pytest.approx(by_kl.history_.train_kl[epoch], rel=1e-5)
+        assert loss_total / len(inliers) == pytest.approx(by_kl.history_.train_loss[epoch], rel=1e-5)
     # In some batch the rows worst by loss are not those worst by KL, so the fits differ.
     assert any(not torch.equal(kept, real(per_row, kl, int(kept.sum()), "loss")) for kl, per_row, kept, _ in seen)
     by_loss = quiet_fit(VAEAnomalyDetector(trim_by="loss", **common), inliers)
-    assert by_kl.history_["train_loss"][:2] == by_loss.history_["train_loss"][:2]
-    assert by_kl.history_["train_loss"][2:] != by_loss.history_["train_loss"][2:]
+    assert by_kl.history_.train_loss[:2] == by_loss.history_.train_loss[:2]
+    assert by_kl.history_.train_loss[2:] != by_loss.history_.train_loss[2:]
 
 
 def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
-    from anomvae import detector as module
+    from anomvae import training as module
 
     real = torch.optim.Adam
     calls = []
@@ -249,13 +254,13 @@ def test_adam_falls_back_when_the_fused_kernel_is_missing(monkeypatch):
         return real(params, **options)
 
     monkeypatch.setattr(module.torch.optim, "Adam", adam)
-    optimiser = module._adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.0)
+    optimiser = module.adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=0.0)
     assert isinstance(optimiser, real) and optimiser.defaults["foreach"] is True
     assert [c.get("fused") for c in calls] == [True, None]
 
 
 def test_history_records_every_epoch(fitted):
-    history = fitted.history_
+    history = fitted.history_.to_dict()
     assert set(history) == {
         "epoch", "beta", "train_loss", "train_reconstruction", "train_kl",
         "val_loss", "val_reconstruction", "val_kl",
@@ -276,15 +281,15 @@ def test_beta_changes_what_is_learned(inliers):
     free = quiet_fit(VAEAnomalyDetector(beta=0.0, **kwargs), inliers)
     regular = quiet_fit(VAEAnomalyDetector(beta=1.0, **kwargs), inliers)
     # Without the KL penalty the posterior drifts far from the prior.
-    assert free.history_["train_kl"][-1] > 2 * regular.history_["train_kl"][-1]
-    np.testing.assert_allclose(free.history_["train_loss"], free.history_["train_reconstruction"], rtol=1e-5)
+    assert free.history_.train_kl[-1] > 2 * regular.history_.train_kl[-1]
+    np.testing.assert_allclose(free.history_.train_loss, free.history_.train_reconstruction, rtol=1e-5)
 
 
 def test_early_stopping_restores_the_best_epoch(inliers, test_set):
     X, _ = test_set
     stopped = VAEAnomalyDetector(**{**FAST, "max_epochs": 200, "n_iter_no_change": 3, "tol": 0.05}).fit(inliers)
     assert stopped.n_epochs_ < 200
-    post_warmup = stopped.history_["val_loss"][9:]
+    post_warmup = stopped.history_.val_loss[9:]
     assert stopped.best_epoch_ == 10 + int(np.argmin(post_warmup))
     # Training is deterministic, so the weights kept are those of a model
     # trained for exactly best_epoch_ epochs.
@@ -304,7 +309,7 @@ def test_fits_when_fewer_rows_than_a_batch(n_samples):
     X = make_low_rank(n_samples)
     detector = quiet_fit(VAEAnomalyDetector(max_epochs=3, batch_size=128, random_state=0), X)
     assert np.isfinite(detector.score_samples(X)).all()
-    assert len(detector.history_["train_loss"]) == 3
+    assert len(detector.history_.train_loss) == 3
 
 
 def test_verbose_prints_each_epoch(inliers, capsys):

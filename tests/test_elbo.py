@@ -8,6 +8,7 @@ import torch
 from torch import distributions as D
 
 from anomvae import elbo
+from anomvae.config import NetworkConfig
 from anomvae.model import GaussianLikelihood, build_vae
 
 
@@ -62,7 +63,7 @@ def test_negative_elbo_weights_the_kl_term():
 
 def test_each_loss_component_moves_the_gradient_when_its_weight_changes(gen):
     """The KL term reaches the encoder: its gradient changes with beta."""
-    config = dict(n_features=4, hidden_dims=[8], latent_dim=2, likelihood="gaussian")
+    config = NetworkConfig(architecture="mlp", n_features=4, hidden_dims=(8,), latent_dim=2, likelihood="gaussian")
     torch.manual_seed(0)
     module = build_vae(config)
     x = torch.randn(16, 4, generator=gen)
@@ -104,7 +105,8 @@ def test_importance_weighted_bound_is_a_log_mean_exp(gen):
 def test_importance_weighted_elbo_uses_the_right_densities(gen):
     """With one draw the bound is log p(x|z) + log p(z) - log q(z|x) at that z."""
     torch.manual_seed(0)
-    module = build_vae(dict(n_features=3, hidden_dims=[8], latent_dim=2, likelihood="gaussian", n_score_samples=1))
+    module = build_vae(NetworkConfig(architecture="mlp", n_features=3, hidden_dims=(8,), latent_dim=2,
+                                     likelihood="gaussian", n_score_samples=1))
     module.score_noise.normal_(generator=gen)
     x = torch.randn(5, 3, generator=gen)
     with torch.no_grad():
@@ -165,8 +167,8 @@ def test_a_far_out_row_left_out_of_the_loss_leaves_gradients_finite():
     # 0 * inf = NaN for every parameter. Very negative log-variances are
     # left alone: nothing overflows there.
     torch.manual_seed(0)
-    vae = build_vae({"architecture": "mlp", "n_features": 3, "hidden_dims": [8], "latent_dim": 2,
-                     "likelihood": "gaussian"})
+    vae = build_vae(NetworkConfig(architecture="mlp", n_features=3, hidden_dims=(8,), latent_dim=2,
+                                  likelihood="gaussian"))
     with torch.no_grad():
         vae.encoder.logvar.weight.fill_(1.0)
         vae.encoder.logvar.bias.zero_()

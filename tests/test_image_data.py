@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from anomvae import data as readers
-from anomvae.data import DataError
+from anomvae import images as readers
+from anomvae.errors import DataError
 
 
 def save_gray(path, pixels):
@@ -251,5 +251,5 @@ def test_image_sources_are_told_from_csv(folder):
 
 
 def test_data_module_never_imports_torch():
-    code = "import anomvae.data, sys; assert 'torch' not in sys.modules"
+    code = "import anomvae.images, anomvae.tables, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

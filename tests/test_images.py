@@ -14,7 +14,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.model import build_vae, conv_plan
+from anomvae.config import NetworkConfig, conv_plan
+from anomvae.model import build_vae
 
 
 def digits(digit):
@@ -40,8 +41,8 @@ def test_images():
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 7, 9), (3, 5, 1)])
 def test_conv_network_maps_any_size_back_to_itself(shape):
     n_features = math.prod(shape)
-    module = build_vae({"architecture": "conv", "image_shape": list(shape), "n_features": n_features,
-                        "hidden_dims": [16], "latent_dim": 3, "likelihood": "bernoulli"})
+    module = build_vae(NetworkConfig(architecture="conv", image_shape=shape, n_features=n_features,
+                                     hidden_dims=(16,), latent_dim=3, likelihood="bernoulli"))
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
     x = torch.rand(2, n_features)
     mu, logvar = module.encode(x)

@@ -13,8 +13,11 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.detector import _subsample_sorted
-from anomvae.scoring import _TopScores, explain, score_csv, score_shift
+from anomvae.calibration import score_shift
+from anomvae.calibration import subsample_sorted as _subsample_sorted
+from anomvae.explain import explain
+from anomvae.results import TopScores as _TopScores
+from anomvae.scoring import score_csv
 from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
@@ -194,11 +197,11 @@ def test_summary_top_anomalies_match_a_full_sort(detector, tmp_path):
     summary = score_csv(detector, str(path), out, chunk_size=16, summary_top=5)
     scores = -detector.score_samples(X)
     best = np.argsort(-scores, kind="stable")[:5]
-    assert [t["row"] for t in summary["top_anomalies"]] == list(best + 1)
-    assert [t["anomaly_score"] for t in summary["top_anomalies"]] == list(scores[best])
-    assert summary["rows"] == summary["rows_scored"] == 237
-    assert summary["anomalies"] == int(np.sum(scores > detector.threshold_))
-    assert summary["score_shift"]["baseline"] == "training"
+    assert [t["row"] for t in summary.top_anomalies] == list(best + 1)
+    assert [t["anomaly_score"] for t in summary.top_anomalies] == list(scores[best])
+    assert summary.rows == summary.rows_scored == 237
+    assert summary.anomalies == int(np.sum(scores > detector.threshold_))
+    assert summary.score_shift.baseline == "training"
 
 
 def _top_rows(chunks, size):
@@ -229,7 +232,7 @@ def test_top_scores_keep_the_highest_and_earliest(chunks, size):
 
 
 def test_rows_whose_score_is_nan_are_named_or_marked(detector, tmp_path, monkeypatch):
-    from anomvae.data import DataError
+    from anomvae.errors import DataError
 
     X = draw(40, seed=21)
     path = tmp_path / "batch.csv"
@@ -247,7 +250,7 @@ def test_rows_whose_score_is_nan_are_named_or_marked(detector, tmp_path, monkeyp
     out = io.StringIO()
     summary = score_csv(detector, str(path), out, chunk_size=100, mark_invalid=True)
     table = pd.read_csv(io.StringIO(out.getvalue()))
-    assert len(table) == 40 and summary["rows_not_scored"] == 1 and summary["rows_scored"] == 39
+    assert len(table) == 40 and summary.rows_not_scored == 1 and summary.rows_scored == 39
     assert table.loc[3, "status"].startswith("not scored: its anomaly score is NaN")
     assert np.isnan(table.loc[3, "anomaly_score"]) and np.isnan(table.loc[3, "is_anomaly"])
     assert (table.drop(index=3)["status"] == "scored").all()
@@ -268,9 +271,10 @@ def test_id_values_that_need_quoting_survive_the_csv_output(detector, tmp_path):
 
 def test_score_shift_flags_a_shifted_batch_only(detector):
     model = calibrated(detector, draw(500, seed=19), 0.05)
-    same = score_shift(model, -model.score_samples(draw(500, seed=20)))
-    moved = score_shift(model, -model.score_samples(draw(500, seed=20) * 1.5))
-    assert same["baseline"] == "calibration" and same["n_baseline"] == 500 and same["n_batch"] == 500
-    assert not same["shifted"] and same["ks_p_value"] > 0.01
-    assert moved["shifted"] and moved["ks_p_value"] < 1e-6 and moved["ks_statistic"] > same["ks_statistic"]
-    assert score_shift(model, []) is None
+    baselines = dict(reference_scores=model.reference_scores_, training_scores=model.training_scores_)
+    same = score_shift(-model.score_samples(draw(500, seed=20)), **baselines)
+    moved = score_shift(-model.score_samples(draw(500, seed=20) * 1.5), **baselines)
+    assert same.baseline == "calibration" and same.n_baseline == 500 and same.n_batch == 500
+    assert not same.shifted and same.ks_p_value > 0.01
+    assert moved.shifted and moved.ks_p_value < 1e-6 and moved.ks_statistic > same.ks_statistic
+    assert score_shift([], **baselines) is None

@@ -11,8 +11,11 @@ import pytest
 
 import anomvae
 from anomvae import persistence
+from anomvae.calibration import conformal_p_values
 from anomvae.fitted import ScoringModel
-from anomvae.persistence import FORMAT_VERSION, ModelFileError, load_for_scoring, read_metadata
+from anomvae.errors import ModelFileError
+from anomvae.persistence import load_for_scoring, read_metadata
+from anomvae.schema import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def test_scoring_only_load_gives_the_same_bits(fitted, model_path, test_set, tmp
     anomvae.save(calibrated, tmp_path / "c.anomvae")
     scorer = load_for_scoring(tmp_path / "c.anomvae")
     anomaly = -scorer.score_samples(X)
-    np.testing.assert_array_equal(scorer._p_values_of_scores(anomaly), calibrated.p_values(X))
+    np.testing.assert_array_equal(conformal_p_values(scorer.reference_scores_, anomaly), calibrated.p_values(X))
     assert scorer.threshold_ == calibrated.threshold_
     with pytest.raises(ValueError, match="8 features"):
         scorer.score_samples(X[:, :3])
@@ -57,7 +60,7 @@ def test_load_with_metadata_reads_the_file_once(fitted, model_path, test_set, sc
     np.testing.assert_array_equal(model.score_samples(X), fitted.score_samples(X))
     # Editing the metadata returned leaves the model alone.
     metadata["fitted"]["module_config"]["hidden_dims"].append(99)
-    assert model._module_config["hidden_dims"] == list(fitted.hidden_dims)
+    assert model.network_config_.hidden_dims == tuple(fitted.hidden_dims)
 
 
 def test_round_trip_keeps_feature_names(inliers, tmp_path):
@@ -200,7 +203,9 @@ def test_model_files_of_format_2_load_as_trimmed_by_the_loss():
     data = Path(__file__).parent / "data"
     expected = np.load(data / "format2-expected.npz")
     path = data / "format2-gaussian.anomvae"
-    assert read_metadata(path)["format_version"] == 2 and "trim_by" not in read_metadata(path)["params"]
+    with zipfile.ZipFile(path) as archive:
+        assert "trim_by" not in json.loads(archive.read("anomvae.json"))["params"]
+    assert read_metadata(path)["format_version"] == 2 and read_metadata(path)["params"]["trim_by"] == "loss"
     detector = anomvae.load(path)
     assert detector.get_params()["trim_by"] == "loss"
     np.testing.assert_array_equal(detector.score_samples(expected["X"]), expected["scores"])

@@ -11,7 +11,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.cli import _refit_note, main
+from anomvae.cli import main
+from anomvae.cli.fit import refit_note as _refit_note
 from anomvae.persistence import load_for_scoring
 
 from conftest import quiet_fit
@@ -85,7 +86,7 @@ def test_auto_refits_only_when_batches_are_trimmed(contaminated, batch_size, ref
 
 def test_nothing_flagged_means_no_refit(inliers, monkeypatch):
     # A threshold no training row exceeds: the first network is kept.
-    monkeypatch.setattr(VAEAnomalyDetector, "_threshold_from", lambda self, scores: (-np.inf, np.inf))
+    monkeypatch.setattr("anomvae.calibration.contamination_threshold", lambda scores, contamination: np.inf)
     detector = quiet_fit(VAEAnomalyDetector(refit_inliers=True, **FAST), inliers[:100])
     plain = quiet_fit(VAEAnomalyDetector(**FAST), inliers[:100])
     assert detector.n_refit_excluded_ == 0 and plain.n_refit_excluded_ is None
@@ -143,7 +144,7 @@ def test_convergence_warnings_say_which_network(contaminated, inliers, monkeypat
     # Said from anomvae's own code, where module filters look for it.
     assert all(Path(w.filename).name == "detector.py" for w in both + plain)
     # No refit after all: the one network's warning, as it is.
-    monkeypatch.setattr(VAEAnomalyDetector, "_threshold_from", lambda self, scores: (-np.inf, np.inf))
+    monkeypatch.setattr("anomvae.calibration.contamination_threshold", lambda scores, contamination: np.inf)
     kept = _convergence_warnings(VAEAnomalyDetector(refit_inliers=True, **FAST), inliers[:100])
     assert [str(w.message) for w in kept] == [second]
 

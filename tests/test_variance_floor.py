@@ -10,8 +10,8 @@ from sklearn.base import clone
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.detector import _grid_variance_floor
-from anomvae.model import DEFAULT_MIN_VARIANCE
+from anomvae.preprocessing import DEFAULT_MIN_VARIANCE
+from anomvae.preprocessing import grid_variance_floor as _grid_variance_floor
 from anomvae.persistence import load_for_scoring
 
 from conftest import make_low_rank, quiet_fit
@@ -118,7 +118,10 @@ def test_pickles_from_before_min_variance_keep_their_single_floor(train):
     detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 5}), X)
     state = detector.__getstate__()
     del state["min_variance"], state["min_variance_"], state["trim_by"]
+    # Such pickles also kept the network's configuration and history as dicts.
+    state["_module_config"] = state.pop("network_config_").to_dict()
     state["_module_config"]["min_variance"] = DEFAULT_MIN_VARIANCE
+    state["history_"] = state["history_"].to_dict()
     old = VAEAnomalyDetector.__new__(VAEAnomalyDetector)
     old.__setstate__(state)
     assert old.get_params()["min_variance"] == DEFAULT_MIN_VARIANCE

@@ -1,0 +1,139 @@
+"""``anomvae info``: describe a model file from its metadata, without torch."""
+
+import json
+
+import click
+
+from .app import input_errors, main, model_kind
+from .fit import refit_note
+from .options import COLORS
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@input_errors
+def info(model, as_json):
+    """Describe MODEL: version, input, network, features (for image models
+    their shape, colour mode and the size score resizes images to),
+    parameters, threshold, training."""
+    from ..config import NetworkConfig
+    from ..persistence import read_metadata
+
+    metadata = read_metadata(model)
+    fitted = metadata["fitted"]
+    history = fitted.get("history_") or {}
+    kind = model_kind(metadata)
+    shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
+    try:
+        floors = NetworkConfig.from_dict(fitted["module_config"]).variance_floors()
+        unreadable_floors = False
+    except (KeyError, TypeError, ValueError):
+        # info describes damaged files too; score would reject this one.
+        floors, unreadable_floors = None, True
+    summary = {
+        "file": model,
+        "anomvae_version": metadata.get("anomvae_version"),
+        "format_version": metadata["format_version"],
+        "created": metadata.get("created"),
+        "input": kind,
+        "architecture": metadata["params"].get("architecture"),
+        "likelihood": metadata["params"].get("likelihood"),
+        "image_shape": shape,
+        "color": None if shape is None else COLORS.get(shape[0]),
+        "image_size": shape[1:] if shape is not None and kind == "images" else None,
+        "n_features": fitted.get("n_features_in_"),
+        "features": fitted.get("feature_names_in_"),
+        "id_columns": metadata.get("extra", {}).get("id_columns", []),
+        "threshold": fitted.get("threshold_"),
+        "calibration": (
+            None if fitted.get("reference_scores_") is None else
+            {"fpr": fitted.get("calibration_fpr_"), "reference_rows": len(fitted["reference_scores_"])}
+        ),
+        "latent_dim": fitted.get("latent_dim_"),
+        # Per feature, in standardised units; None unless the likelihood is Gaussian.
+        "variance_floors": None if floors is None else floors.tolist(),
+        "device": fitted.get("device_"),
+        "params": metadata["params"],
+        "training": {
+            **metadata.get("extra", {}).get("training", {}),
+            "epochs": fitted.get("n_epochs_"),
+            "best_epoch": fitted.get("best_epoch_"),
+            # refit_inliers: rows the second network was trained without; None when no refit was asked for.
+            "refit_excluded": fitted.get("n_refit_excluded_"),
+            "final_train_loss": (history.get("train_loss") or [None])[-1],
+            # None when nothing was monitored (no validation split, no early stopping).
+            "best_val_loss": min((v for v in history.get("val_loss") or [] if v is not None and v == v),
+                                 default=None),
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    training = summary["training"]
+    features = summary["features"] or [f"x{i}" for i in range(summary["n_features"] or 0)]
+    lines = [
+        f"model:      {model} (anomvae {summary['anomvae_version']}, format {summary['format_version']}, "
+        f"created {summary['created']})",
+        f"input:      {'images' if kind == 'images' else 'CSV'}",
+        f"network:    {summary['architecture']}, {summary['likelihood']} likelihood",
+    ]
+    if shape is None:
+        lines.append(f"features:   {len(features)}: {', '.join(features)}")
+    else:
+        # Thousands of pixel names x0, x1, ... would say nothing.
+        lines += [f"features:   {summary['n_features']} pixels", _image_line(summary)]
+    lines += [
+        f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
+        f"threshold:  {_number(summary['threshold'], '.6g')} nats (negative ELBO)",
+        "calibrated: " + (
+            f"for a false-alarm rate of {_number(summary['calibration']['fpr'], 'g')} on "
+            f"{summary['calibration']['reference_rows']} reference rows"
+            if summary["calibration"] else "no (threshold from contamination)"
+        ),
+        f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "
+        f"{training.get('file', '?')}; {training['epochs']} epochs, best {training['best_epoch']}"
+        f"{refit_note(training['refit_excluded'], summary['params'].get('refit_inliers'))}; "
+        f"final train loss {_number(training['final_train_loss'], '.4f')}, " + (
+            f"best validation loss {training['best_val_loss']:.4f}" if training["best_val_loss"] is not None
+            else "no validation loss monitored"
+        ),
+        f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
+        *([] if floors is None else [floors_line(floors)]),
+        *(["variance:   unreadable (the network configuration is damaged)"] if unreadable_floors else []),
+        "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
+    ]
+    click.echo("\n".join(lines))
+
+
+def _number(value, spec):
+    """``value`` formatted by ``spec``, or "?" where a damaged file lacks it."""
+    return "?" if value is None else format(value, spec)
+
+
+def floors_line(floors):
+    """The Gaussian likelihood's variance floors (standardised units) in a
+    line: the common one, and the range of those a value grid raised."""
+    from ..preprocessing import DEFAULT_MIN_VARIANCE
+
+    def span(values):
+        low, high = values.min(), values.max()
+        return f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
+
+    raised = floors[floors > DEFAULT_MIN_VARIANCE]
+    if raised.size in (0, floors.size):
+        return f"variance:   floor {span(floors)} on every feature (standardised units)"
+    kept = floors.size - raised.size
+    return (
+        f"variance:   floor {DEFAULT_MIN_VARIANCE:g} on {kept} feature{'s' * (kept > 1)}, "
+        f"{span(raised)} on {raised.size} (from their value grids; standardised units)"
+    )
+
+
+def _image_line(summary):
+    channels, height, width = summary["image_shape"]
+    color = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
+    line = f"image:      {channels}x{height}x{width} (C x H x W), {color}; "
+    if summary["image_size"] is None:
+        # A conv model saved from Python without extra={"input": "images"}.
+        return line + "not marked as an image model, so score reads CSV rows of pixels"
+    return line + f"score resizes every image to {height}x{width} pixels (H x W)"

@@ -1,0 +1,184 @@
+"""Click parameter types and options shared by the commands, and the
+progress bar of training."""
+
+import contextlib
+import logging
+import math
+import sys
+
+import click
+
+
+class AutoOr(click.ParamType):
+    """A number, or one of a few words (``auto``, ``none``)."""
+
+    def __init__(self, kind, words):
+        self.kind, self.words = kind, words
+        self.name = "|".join([*words, kind.__name__.upper()])
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        if value.lower() in self.words:
+            return self.words[value.lower()]
+        try:
+            return self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is not {' or '.join(self.words)} or a number", param, ctx)
+
+
+class IntTuple(click.ParamType):
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+
+
+class Names(click.ParamType):
+    name = "NAME,NAME,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+# Every VAEAnomalyDetector hyperparameter, as (parameter, click type, default,
+# help). The defaults repeat the estimator's so that --help shows them
+# without importing torch; a test keeps the two in step.
+ESTIMATOR_OPTIONS = [
+    ("latent_dim", AutoOr(int, {"auto": "auto"}), "auto", "Latent size; auto = ceil(sqrt(n_features)) in [2, 32] (conv: ceil(sqrt(H*W)/2))."),
+    ("hidden_dims", IntTuple(), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
+    ("likelihood", click.Choice(["gaussian", "bernoulli", "continuous_bernoulli"]), "gaussian",
+     "Observation model p(x|z) [image fits: bernoulli unless given]."),
+    ("min_variance", AutoOr(float, {"auto": "auto"}), "auto", "Floor of the Gaussian likelihood's "
+     "variances, in the network's (by default standardised) units; auto = max(1e-3, step**2/12) per "
+     "feature, step = the smallest gap between its training values."),
+    ("architecture", click.Choice(["mlp", "conv"]), "mlp", "Network: dense (mlp) or convolutional "
+     "(conv) [image fits: conv unless given]."),
+    ("beta", float, 1.0, "Weight of the KL term in training."),
+    ("kl_warmup", int, 10, "Epochs over which the KL weight ramps up."),
+    ("max_epochs", int, 400, "Maximum number of epochs."),
+    ("batch_size", AutoOr(int, {"auto": "auto"}), "auto", "Rows per optimisation step; auto = "
+     "clip(n_train // 16, 16, 128), n_train = rows after the validation split."),
+    ("trim_fraction", float, 0.03, "Share of each batch left out of each step after the KL warm-up "
+     "(the rows --trim-by ranks worst); 0 keeps all."),
+    ("trim_by", click.Choice(["kl", "loss"]), "kl", "What ranks the rows --trim-fraction leaves out: "
+     "the KL term (kl) or the negative ELBO (loss)."),
+    ("refit_inliers", click.Choice(["false", "true", "auto"]), "false", "Train a second network without "
+     "the training rows the first one flags; auto = only when batches are trimmed (about 600+ rows)."),
+    ("lr", float, 3e-3, "Adam learning rate."),
+    ("weight_decay", float, 0.0, "Adam L2 penalty."),
+    ("validation_fraction", float, 0.1, "Share of rows held out for early stopping."),
+    ("n_iter_no_change", AutoOr(int, {"none": None}), 20, "Early-stopping patience in epochs; none disables."),
+    ("tol", float, 1e-3, "Relative improvement that resets the patience."),
+    ("n_score_samples", int, 8, "Fixed latent draws per row when scoring."),
+    ("contamination", AutoOr(float, {"auto": "auto"}), "auto", "Threshold rule: auto (Tukey) or a rate in (0, 0.5]."),
+    ("standardize", click.Choice(["auto", "true", "false"]), "auto", "Scale features by training mean and std."),
+    ("score_bound", click.Choice(["elbo", "iwae"]), "elbo", "Score bound: the ELBO, or the importance-weighted bound."),
+    ("device", str, "auto", "Torch device: auto, cpu, cuda, cuda:N."),
+    ("random_state", AutoOr(int, {"none": None}), None, "Seed for reproducible training."),
+]
+
+
+def estimator_options(command):
+    """Add one ``--option`` per estimator hyperparameter to ``command``."""
+    for param, kind, default, help_text in reversed(ESTIMATOR_OPTIONS):
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else ("none" if default is None else default)
+        command = click.option(
+            "--" + param.replace("_", "-"), param, type=kind, default=default,
+            show_default=str(shown), help=help_text,
+        )(command)
+    return command
+
+
+def estimator_params(values):
+    params = {param: values.pop(param) for param, *_ in ESTIMATOR_OPTIONS}
+    for name in ("standardize", "refit_inliers"):
+        if isinstance(params[name], str) and params[name] != "auto":
+            params[name] = params[name] == "true"
+    return params
+
+
+def report_warnings(caught, quiet):
+    if quiet:
+        return
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+
+
+class EpochProgress(logging.Handler):
+    """Advances a click progress bar on each epoch the detector logs."""
+
+    def __init__(self, bar):
+        super().__init__(logging.DEBUG)
+        self.bar = bar
+
+    def emit(self, record):
+        epoch = getattr(record, "anomvae_epoch", None)
+        if epoch is not None:
+            val = "" if math.isnan(epoch.val_loss) else f" val {epoch.val_loss:.3f}"
+            self.bar.label = f"epoch {epoch.epoch} loss {epoch.train_loss:.3f}{val}"
+            self.bar.update(1)
+
+
+@contextlib.contextmanager
+def progress(max_epochs, quiet):
+    """A progress bar on stderr while training, only when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    logger = logging.getLogger("anomvae")
+    with click.progressbar(length=max_epochs, label="training", file=sys.stderr) as bar:
+        handler = EpochProgress(bar)
+        logger.addHandler(handler)
+        previous = logger.level
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+
+
+class Data(click.ParamType):
+    """A CSV file (``-`` for stdin), or images: a folder, a glob pattern, an
+    image file or a ``.npy``/``.npz`` array (see :func:`anomvae.images.is_image_source`)."""
+
+    name = "DATA"
+    _csv = click.Path(exists=True, dir_okay=False, allow_dash=True)
+
+    def convert(self, value, param, ctx):
+        from ..images import is_image_source
+
+        if is_image_source(value):
+            return value
+        return self._csv.convert(value, param, ctx)
+
+
+class ImageSize(click.ParamType):
+    name = "HxW|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = value.lower().split("x")
+        try:
+            size = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            self.fail(f"{value!r} is not HEIGHTxWIDTH (e.g. 28x28) or one side N", param, ctx)
+        return size
+
+
+DATA = Data()
+# What image fits use when --architecture or --likelihood is not given.
+IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
+# The colour mode of an image model's channel count, as fit records it.
+COLORS = {1: "grayscale", 3: "rgb"}

@@ -1,0 +1,22 @@
+"""The errors anomvae raises for problems with what it was given.
+
+Each message names what is wrong: the file, and where it applies the column,
+line and value. The command line turns every :class:`AnomvaeError` into a
+one-line ``Error:`` message with exit code 2.
+"""
+
+
+class AnomvaeError(Exception):
+    """Base of the errors below."""
+
+
+class DataError(AnomvaeError, ValueError):
+    """Input data that cannot be used, with a message naming where and why."""
+
+
+class ModelFileError(AnomvaeError, ValueError):
+    """A file that cannot be read as an anomvae model."""
+
+
+class OutputError(AnomvaeError, OSError):
+    """A result, summary or model file that cannot be written."""

@@ -1,0 +1,184 @@
+"""Scoring results: one output row per input row, and the batch's summary.
+
+:class:`ResultWriter` writes results as CSV or JSON lines and keeps the
+:class:`ScoringSummary` of what it wrote; :class:`TopScores` keeps the
+highest-scoring rows in bounded memory.
+"""
+
+import heapq
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def _quote(text):
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
+
+
+def _csv_cells(values):
+    """One column as CSV text cells: floats at full precision, missing as empty."""
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        cells = [repr(v) for v in values.tolist()]
+        for i in np.flatnonzero(missing):
+            cells[i] = ""
+        return cells
+    if values.dtype.kind in "iub":
+        return values.astype(str).tolist()
+    cells = ["" if v is None or v != v else str(v) for v in values.tolist()]
+    # Columns such as is_anomaly hold a few distinct values: check those
+    # for characters that need quoting instead of every cell.
+    if any(_NEEDS_QUOTES.search(text) for text in set(cells)):
+        cells = [_quote(text) for text in cells]
+    return cells
+
+
+def write_frame(frame, stream, fmt, header):
+    """Write ``frame`` to ``stream`` as CSV (with its header when
+    ``header``) or as JSON lines."""
+    if fmt == "csv":
+        # Formatting the few output columns by hand is several times faster
+        # than DataFrame.to_csv, which matters when scoring millions of rows.
+        if header:
+            stream.write(",".join(_quote(str(c)) for c in frame.columns) + "\n")
+        if len(frame):
+            columns = [_csv_cells(frame[c].to_numpy()) for c in frame.columns]
+            stream.write("\n".join(map(",".join, zip(*columns))) + "\n")
+    elif len(frame):
+        text = frame.to_json(orient="records", lines=True, double_precision=15)
+        stream.write(text if text.endswith("\n") else text + "\n")
+
+
+@dataclass
+class ScoringSummary:
+    """What a scoring run wrote, as ``--summary-json`` reports it.
+
+    Attributes
+    ----------
+    rows, rows_scored, rows_not_scored, anomalies : int
+        Rows read, scored, left unscored (invalid), and flagged.
+    threshold : float
+        The anomaly-score cut, in nats.
+    max_score : float or None
+        Highest anomaly score; None when no row was scored.
+    calibration_fpr : float or None
+        The model's calibrated false-alarm rate, if any.
+    top_anomalies : list of dict
+        The highest-scoring rows, highest first: their id columns (or
+        ``row``, or ``path``) and ``anomaly_score``.
+    score_shift : ScoreShift or None
+        The batch's shift test (:func:`anomvae.calibration.score_shift`).
+    """
+
+    threshold: float
+    rows: int = 0
+    rows_scored: int = 0
+    rows_not_scored: int = 0
+    anomalies: int = 0
+    max_score: float = None
+    calibration_fpr: float = None
+    top_anomalies: list = field(default_factory=list)
+    score_shift: object = None
+
+    def count(self, scores, valid, flagged):
+        """Add one batch: its anomaly ``scores`` and masks."""
+        self.rows += len(scores)
+        self.rows_scored += int(valid.sum())
+        self.rows_not_scored += int((~valid).sum())
+        self.anomalies += int(flagged.sum())
+        if valid.any():
+            top = float(np.max(scores[valid]))
+            self.max_score = top if self.max_score is None else max(self.max_score, top)
+
+    def to_dict(self):
+        """JSON form, keys in the documented order."""
+        keys = ("rows", "rows_scored", "rows_not_scored", "anomalies", "threshold", "max_score",
+                "calibration_fpr", "top_anomalies")
+        values = {key: getattr(self, key) for key in keys}
+        values["score_shift"] = None if self.score_shift is None else asdict(self.score_shift)
+        return values
+
+
+class ResultWriter:
+    """Writes batches of results to ``stream`` and counts them in ``summary``.
+
+    Columns, in order: the id columns, ``anomaly_score`` (empty where a row
+    was not scored), any ``before`` columns, ``is_anomaly``, ``status``
+    (with ``mark_invalid``: "scored" or "not scored: why"), any ``after``
+    columns. With ``only_anomalies`` only flagged rows (and rows not scored)
+    are written.
+    """
+
+    def __init__(self, stream, summary, *, fmt="csv", mark_invalid=False, only_anomalies=False):
+        self.stream, self.summary, self.fmt = stream, summary, fmt
+        self.mark_invalid, self.only_anomalies = mark_invalid, only_anomalies
+        self.header_written = False
+
+    def write(self, ids, scores, valid, reasons, *, before=None, after=None):
+        """Write one batch. ``ids`` maps output columns to per-row values;
+        ``scores`` holds anomaly scores (NaN where ``valid`` is False);
+        ``reasons`` says why, one per row not scored, in order."""
+        invalid = ~valid
+        flagged = valid & (scores > self.summary.threshold)
+        out = pd.DataFrame(ids)
+        out["anomaly_score"] = scores
+        for column, values in (before or {}).items():
+            out[column] = values
+        if self.fmt == "csv":
+            out["is_anomaly"] = np.where(invalid, "", np.where(flagged, "true", "false"))
+        else:
+            out["is_anomaly"] = pd.Series(flagged, dtype=object).where(valid, None).to_numpy()
+        if self.mark_invalid:
+            status = np.full(len(out), "scored", dtype=object)
+            status[invalid] = [f"not scored: {r}" for r in reasons]
+            out["status"] = status
+        for column, values in (after or {}).items():
+            out[column] = values
+        if self.only_anomalies:
+            out = out[flagged | invalid]
+        write_frame(out, self.stream, self.fmt, header=not self.header_written)
+        self.header_written = True
+        self.summary.count(scores, valid, flagged)
+
+
+class TopScores:
+    """The ``size`` highest scores seen, with their row identities, in
+    bounded memory."""
+
+    def __init__(self, size):
+        self.size, self._heap = size, []
+
+    def add(self, scores, rows, identity):
+        """Offer rows with their ``scores`` and ``rows`` numbers;
+        ``identity(i)`` builds the dict naming the ``i``-th row, asked only
+        for rows that enter the top."""
+        if not self.size:
+            return
+        scores = np.asarray(scores, dtype=np.float64)
+        candidates = np.flatnonzero(~np.isnan(scores))
+        if len(candidates) > self.size:
+            # Only a chunk's own top rows can enter; ties at the cut are
+            # kept so the earlier row still wins among equal scores.
+            kept = scores[candidates]
+            cut = np.partition(kept, len(kept) - self.size)[len(kept) - self.size]
+            candidates = candidates[kept >= cut]
+        for i in candidates:
+            # Ties keep the earlier row: a lower row number ranks higher.
+            key = (float(scores[i]), -int(rows[i]))
+            if len(self._heap) < self.size:
+                heapq.heappush(self._heap, (*key, identity(i)))
+            elif key > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, (*key, identity(i)))
+
+    def result(self):
+        ranked = sorted(self._heap, key=lambda item: item[:2], reverse=True)
+        return [{**identity, "anomaly_score": score} for score, _, identity in ranked]
+
+
+def json_value(value):
+    """``value`` for a JSON document: None where pandas sees a missing value."""
+    return None if pd.isna(value) else value

@@ -1,0 +1,212 @@
+"""The model-file schema: what a fitted model stores, and older layouts.
+
+A model file's metadata holds the estimator's parameters and the fitted
+attributes declared in :data:`FIELDS`, each with its JSON encoding.
+:func:`migrate` upgrades the metadata of any supported older format (and
+:func:`migrate_pickled_state` an old pickle's state) to the current layout
+before anything reads it, so no other module knows old layouts.
+
+Format versions: 1 stored one variance floor for every feature; 2 stored
+one per feature, and files up to 2 were trained before ``trim_by`` existed,
+trimming by the loss; 3 adds ``trim_by`` and ``refit_inliers``. The
+version rises whenever the stored parameters gain one, so that an older
+anomvae refuses a newer file by name instead of failing on a parameter it
+does not know.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+
+from .config import NetworkConfig
+from .history import TrainingHistory
+from .preprocessing import DEFAULT_MIN_VARIANCE
+
+FORMAT = "anomvae-model"
+FORMAT_VERSION = 3
+
+
+def _floats(values):
+    return [float(v) for v in values]
+
+
+def _array(values):
+    return np.asarray(values, dtype=np.float64)
+
+
+def _optional(encode):
+    return lambda value: None if value is None else encode(value)
+
+
+def _history_to_json(history):
+    # Epochs with nothing monitored hold NaN; JSON has no NaN.
+    return {k: [None if v != v else v for v in values] for k, values in history.to_dict().items()}
+
+
+def _history_from_json(values):
+    values = values or {}
+    return TrainingHistory.from_dict({k: [math.nan if v is None else v for v in vs] for k, vs in values.items()})
+
+
+@dataclass(frozen=True)
+class Field:
+    """A stored fitted attribute: its name, JSON key, and codecs."""
+
+    name: str
+    encode: object
+    decode: object
+    key: str = None
+    # Left unset on the model when None (as scikit-learn leaves
+    # feature_names_in_ unset for arrays without column names).
+    unset_when_none: bool = False
+
+    @property
+    def json_key(self):
+        return self.key or self.name
+
+
+FIELDS = (
+    Field("n_features_in_", int, int),
+    Field("feature_names_in_", _optional(lambda names: [str(n) for n in names]),
+          _optional(lambda names: np.asarray(names, dtype=object)), unset_when_none=True),
+    Field("center_", _floats, _array),
+    Field("scale_", _floats, _array),
+    Field("offset_", float, float),
+    Field("training_scores_", _floats, _array),
+    Field("reference_scores_", _optional(_floats), _optional(_array)),
+    Field("calibration_fpr_", _optional(float), _optional(float)),
+    Field("threshold_", float, float),
+    Field("latent_dim_", int, int),
+    Field("image_shape_", _optional(list), _optional(lambda shape: tuple(int(v) for v in shape))),
+    Field("history_", _history_to_json, _history_from_json),
+    Field("n_epochs_", int, int),
+    Field("best_epoch_", int, int),
+    Field("batch_size_", int, int),
+    Field("n_refit_excluded_", _optional(int), _optional(int)),
+    Field("device_", str, str),
+    Field("network_config_", NetworkConfig.to_dict, NetworkConfig.from_dict, key="module_config"),
+)
+
+# Stored fitted attributes that older files lack, and what they mean there:
+# no calibration, no refit, not an image model, no training scores kept.
+_ADDED_LATER = {
+    "training_scores_": [], "reference_scores_": None, "calibration_fpr_": None,
+    "image_shape_": None, "n_refit_excluded_": None,
+}
+
+
+def json_params(params):
+    """Estimator parameters in JSON form (tuples as lists; a RandomState
+    instance, which has no faithful JSON form, as None)."""
+    clean = {}
+    for name, value in params.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        if name == "random_state" and not (value is None or isinstance(value, Integral)):
+            value = None
+        clean[name] = value
+    return clean
+
+
+def estimator_params(params):
+    """Estimator parameters from their JSON form (lists back to tuples)."""
+    params = dict(params)
+    for name in ("hidden_dims", "image_shape"):
+        if isinstance(params.get(name), list):
+            params[name] = tuple(params[name])
+    return params
+
+
+def encode_fitted(model):
+    """A fitted model's stored attributes as JSON-serialisable values."""
+    return {field.json_key: field.encode(getattr(model, field.name, None)) for field in FIELDS}
+
+
+def decode_fitted(fitted):
+    """The attributes stored in a (migrated) ``fitted`` section, checked
+    against each other, plus ``min_variance_`` (from the network's
+    configuration). Raises KeyError, TypeError or ValueError on a file whose
+    contents are missing or inconsistent."""
+    attributes = {field.name: field.decode(fitted[field.json_key]) for field in FIELDS}
+    config = attributes["network_config_"]
+    attributes["min_variance_"] = config.variance_floors()
+    # A file edited or damaged by hand could hold arrays of other lengths,
+    # which numpy would broadcast into wrong scores without a word.
+    n_features = config.n_features
+    if attributes["n_features_in_"] != n_features:
+        raise ValueError(f"n_features_in_ is {attributes['n_features_in_']}, the network has {n_features} inputs")
+    for name in ("center_", "scale_"):
+        if attributes[name].shape != (n_features,):
+            raise ValueError(f"{name} holds {attributes[name].size} values for {n_features} features")
+    names = attributes["feature_names_in_"]
+    if names is not None and len(names) != n_features:
+        raise ValueError(f"feature_names_in_ holds {len(names)} names for {n_features} features")
+    return attributes
+
+
+def set_fitted(model, attributes):
+    """Set :func:`decode_fitted`'s attributes on ``model``."""
+    unset = {field.name for field in FIELDS if field.unset_when_none}
+    for name, value in attributes.items():
+        if not (value is None and name in unset):
+            setattr(model, name, value)
+
+
+def migrate(metadata):
+    """A copy of a model file's metadata, upgraded from any supported format
+    to the current layout. ``format_version`` still says which format the
+    file was written in. Damaged contents are left for
+    :func:`decode_fitted` to reject."""
+    metadata = copy.deepcopy(metadata)
+    params, fitted = metadata["params"], metadata["fitted"]
+    # Before trim_by existed (formats 1 and 2), batches were trimmed by the loss.
+    params.setdefault("trim_by", "loss")
+    # Before the architecture option existed, every network was an MLP.
+    params.setdefault("architecture", "mlp")
+    for key, value in _ADDED_LATER.items():
+        fitted.setdefault(key, copy.deepcopy(value))
+    config = fitted.get("module_config")
+    if isinstance(config, dict):
+        floor = config.get("min_variance")
+        if "min_variance" not in params and config.get("likelihood") == "gaussian" and isinstance(floor, (int, float)):
+            # Format 1 predates the min_variance parameter: its one floor,
+            # stored in the network's configuration, is what was used.
+            params["min_variance"] = float(floor)
+        fitted["module_config"] = _migrate_config(config)
+    return metadata
+
+
+def _migrate_config(config):
+    """A network configuration in the current layout: the architecture and
+    draw count spelled out, and the floors one per feature (format 1 held
+    one for all), for the Gaussian likelihood only."""
+    config = {"architecture": "mlp", "n_score_samples": 1, **config}
+    if config.get("likelihood") != "gaussian":
+        config.pop("min_variance", None)
+    else:
+        floor = config.get("min_variance", DEFAULT_MIN_VARIANCE)
+        if isinstance(floor, (int, float)) and isinstance(config.get("n_features"), int):
+            config["min_variance"] = [float(floor)] * config["n_features"]
+    return config
+
+
+def migrate_pickled_state(state):
+    """The ``__dict__`` of a pickled estimator, upgraded to the current
+    layout: pickles from before ``min_variance`` had one floor, 1e-3, for
+    every Gaussian feature; those from before ``trim_by`` trimmed by the
+    loss; older ones kept the network's configuration and history as
+    dicts."""
+    state = dict(state)
+    if "min_variance" not in state:
+        state["min_variance"] = DEFAULT_MIN_VARIANCE if state.get("likelihood") == "gaussian" else "auto"
+    state.setdefault("trim_by", "loss")
+    config = state.pop("_module_config", None)
+    if config is not None:
+        state["network_config_"] = NetworkConfig.from_dict(_migrate_config(config))
+        state.setdefault("min_variance_", state["network_config_"].variance_floors())
+    if isinstance(state.get("history_"), dict):
+        state["history_"] = TrainingHistory.from_dict(state["history_"])
+    return state

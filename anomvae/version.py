@@ -1,0 +1,3 @@
+"""anomvae's version, in a module of its own so that any module can read it."""
+
+__version__ = "0.3.0"
