@@ -1,10 +1,15 @@
 """The scikit-learn estimator: :class:`VAEAnomalyDetector`."""
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import (
-    BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin, _fit_context,
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    OutlierMixin,
+    TransformerMixin,
+    _fit_context,
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -14,7 +19,7 @@ from . import calibration
 from .fitted import FittedVAE, numpy_rng, restore_network
 from .preprocessing import Standardizer, check_domain
 from .schema import migrate_pickled_state
-from .training import TrainingOptions, fit_network, resolve_device
+from .training import TrainingOptions, fit_network, refit_rows, resolve_device
 
 # Training anomaly scores kept with a fitted model, as the baseline that
 # batch-shift tests compare against; bounded so model files stay small.
@@ -134,49 +139,42 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
     module_ : torch.nn.Module
         The trained VAE.
     network_config_ : NetworkConfig
-        The network's architecture, which rebuilds it from a model file.
+        Its architecture, which rebuilds it from a model file.
     latent_dim_ : int
-        ``latent_dim`` with ``"auto"`` resolved.
+        ``latent_dim`` resolved.
     min_variance_ : ndarray of shape (n_features_in_,) or None
-        Per-feature variance floors, in the network's units; ``None`` for
-        the other likelihoods.
+        Per-feature variance floors (network units); None unless Gaussian.
     image_shape_ : tuple of 3 int or None
-        ``image_shape`` resolved; ``prod(image_shape_) == n_features_in_``.
+        ``image_shape`` resolved.
     center_, scale_ : ndarray of shape (n_features_in_,)
         The network sees ``(X - center_) / scale_``.
     offset_ : float
-        ``decision_function = score_samples - offset_``; rows with a negative
-        decision value are anomalies.
+        ``decision_function = score_samples - offset_``; negative values
+        are anomalies.
     threshold_ : float
-        The same cut in anomaly-score units: ``threshold_ == -offset_``.
+        The same cut as an anomaly score: ``threshold_ == -offset_``.
     training_scores_ : ndarray of shape (n_stored,)
-        Sorted anomaly scores of the training rows, thinned to at most 2000
-        order statistics: the batch-shift test's baseline until calibrated.
+        Sorted anomaly scores of the training rows (at most 2000 order
+        statistics): the shift test's baseline until calibrated.
     reference_scores_ : ndarray of shape (n_reference,) or None
-        Sorted anomaly scores of the rows given to :meth:`calibrate`;
-        ``None`` until it is called, and again after ``fit``.
+        Sorted anomaly scores of the :meth:`calibrate` rows; None until then.
     calibration_fpr_ : float or None
         The ``fpr`` of the last :meth:`calibrate`.
     history_ : TrainingHistory
-        Per epoch (one list per field): ``epoch``, ``beta``, ``train_loss``
-        (the weighted objective over the rows each step kept),
-        ``train_reconstruction``, ``train_kl``, and for the monitored rows
-        ``val_loss`` (with ``beta``), ``val_reconstruction``, ``val_kl``
-        (NaN when nothing is monitored); in nats per row.
+        Per epoch, in nats per row: ``epoch``, ``beta``, ``train_loss`` (the
+        objective over the rows each step kept), ``train_reconstruction``,
+        ``train_kl``, and ``val_loss`` (with ``beta``),
+        ``val_reconstruction``, ``val_kl`` for the monitored rows (NaN when
+        nothing is monitored).
 
         .. versionchanged:: 0.3.0
-           A :class:`~anomvae.history.TrainingHistory` with one attribute
-           per field (``history_.val_loss``), no longer a dict.
-    n_epochs_ : int
-        Number of epochs run.
-    batch_size_ : int
-        Rows per optimisation step used.
-    best_epoch_ : int
-        Epoch whose weights were kept.
+           A :class:`~anomvae.history.TrainingHistory` with one list per
+           field (``history_.val_loss``) instead of a dict.
+    n_epochs_, best_epoch_, batch_size_ : int
+        Epochs run, the epoch whose weights were kept, rows per step.
     n_refit_excluded_ : int or None
-        Training rows the ``refit_inliers`` refit left out; 0 when the first
-        network flagged none (or so many that fewer than 2 rows remain), and
-        was kept; None when no refit was asked for or ``"auto"`` declined.
+        Rows the ``refit_inliers`` refit left out (0: none flagged, or too
+        few left, and the first network was kept); None without a refit.
     device_ : str
         Device the model was trained on.
     n_features_in_ : int
@@ -326,8 +324,11 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self.device_ = resolve_device(self.device)
         n_train, converged = self._fit_network(X, numpy_rng(self.random_state))
         scores = self._score_samples(X)
-        self.n_refit_excluded_ = None
-        keep = self._rows_to_refit_on(scores, n_train)
+        threshold = calibration.contamination_threshold(-scores, self.contamination)
+        keep = refit_rows(-scores, threshold, self.refit_inliers, self._training_options(),
+                          batch_size=self.batch_size_, n_train=n_train)
+        self.n_refit_excluded_ = None if keep is None else 0
+        keep = None if keep is None or keep.all() or keep.sum() < 2 else keep
         if not converged:
             self._warn_not_converged(" (first network, before the refit_inliers refit)" if keep is not None else "")
         if keep is not None:
@@ -347,28 +348,11 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self.offset_ = -self.threshold_
         return self
 
-    def _rows_to_refit_on(self, scores, n_train):
-        """The training rows a ``refit_inliers`` refit keeps (those the first
-        network does not flag), or None for no refit."""
-        if isinstance(self.refit_inliers, str):
-            # "auto": when batches are trimmed, i.e. a share of a batch (at
-            # most the rows trained on) is a row, and training runs past the
-            # warm-up, after which trimming starts.
-            refit = (int(self.trim_fraction * min(self.batch_size_, n_train)) >= 1
-                     and self.max_epochs > (self.kl_warmup or 0))
-        else:
-            refit = bool(self.refit_inliers)
-        if not refit:
-            return None
-        keep = -scores <= calibration.contamination_threshold(-scores, self.contamination)
-        self.n_refit_excluded_ = 0
-        return None if keep.all() or keep.sum() < 2 else keep
-
     def _fit_network(self, X, rng):
         """A freshly initialised network trained on ``X``, with its scaling.
         Returns how many rows it trained on (the rest validate) and whether
         training converged."""
-        net = fit_network(X, TrainingOptions.from_params(self.get_params(deep=False)), rng, self.device_)
+        net = fit_network(X, self._training_options(), rng, self.device_)
         self.center_, self.scale_ = net.standardizer.center, net.standardizer.scale
         self.network_config_, self.module_ = net.config, net.module
         self.min_variance_ = net.config.variance_floors()
@@ -378,9 +362,10 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self.batch_size_ = result.batch_size
         return net.n_train, result.converged
 
-    def _warn_not_converged(self, which):
-        import warnings
+    def _training_options(self):
+        return TrainingOptions.from_params(self.get_params(deep=False))
 
+    def _warn_not_converged(self, which):
         warnings.warn(
             f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the "
             f"validation loss stopped improving{which}; consider a larger max_epochs.",
@@ -392,44 +377,10 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         check_is_fitted(self)
 
     def _validate_input(self, X):
-        check_is_fitted(self)
+        self._check_fitted()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         check_domain(X, self.likelihood)
         return X
-
-    def calibrate(self, X, fpr=0.01):
-        """Set the threshold so that normal rows are flagged at rate ``fpr``.
-
-        A post-fit step: ``X`` holds reference rows the user trusts to be
-        normal and that the detector was *not* trained on. The threshold
-        becomes the ``k``-th smallest of their ``n`` anomaly scores,
-        ``k = ceil((n + 1) * (1 - fpr))`` (the split-conformal rule): a new
-        row from the reference rows' distribution is then flagged with
-        probability at most ``fpr``, and above ``fpr - 1 / (n + 1)`` when
-        scores have no ties. ``threshold_`` and ``offset_`` change together;
-        fitting again discards the calibration, so calibrate after every fit.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Normal reference rows, not used in training.
-        fpr : float, default=0.01
-            Target false-alarm rate, in (0, 1). It needs at least
-            ``ceil(1 / fpr) - 1`` reference rows.
-
-        Returns
-        -------
-        self : object
-            The calibrated detector.
-        """
-        X = self._validate_input(X)
-        calibration.check_fpr(fpr)
-        reference = np.sort(-self._score_samples(X))
-        self.threshold_ = calibration.conformal_threshold(reference, fpr)
-        self.offset_ = -self.threshold_
-        self.reference_scores_ = reference
-        self.calibration_fpr_ = float(fpr)
-        return self
 
     @property
     def _n_features_out(self):
@@ -448,20 +399,6 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         Z : ndarray of shape (n_samples, latent_dim_)
         """
         return self._encode_means(self._validate_input(X))
-
-    def fit_transform(self, X, y=None):
-        """Fit the detector on ``X`` and return the latent means of ``X``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : Ignored
-
-        Returns
-        -------
-        Z : ndarray of shape (n_samples, latent_dim_)
-        """
-        return self.fit(X, y).transform(X)
 
     def __getstate__(self):
         # A copy: object.__getstate__ may hand back the live __dict__.

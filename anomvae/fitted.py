@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from .calibration import conformal_p_values
+from .calibration import check_fpr, conformal_p_values, conformal_threshold
 from .model import build_vae
 from .preprocessing import Standardizer, check_domain
 from .schema import set_fitted
@@ -159,6 +159,40 @@ class FittedVAE:
         module = self.module_
         scaled = module.map_chunks(lambda z: module.likelihood.mean(module.decode(z)), Z)
         return scaled * self.scale_ + self.center_
+
+    def calibrate(self, X, fpr=0.01):
+        """Set the threshold so that normal rows are flagged at rate ``fpr``.
+
+        A post-fit step: ``X`` holds reference rows the user trusts to be
+        normal and that the detector was *not* trained on. The threshold
+        becomes the ``k``-th smallest of their ``n`` anomaly scores,
+        ``k = ceil((n + 1) * (1 - fpr))`` (the split-conformal rule): a new
+        row from the reference rows' distribution is then flagged with
+        probability at most ``fpr``, and above ``fpr - 1 / (n + 1)`` when
+        scores have no ties. ``threshold_`` and ``offset_`` change together;
+        fitting again discards the calibration, so calibrate after every fit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Normal reference rows, not used in training.
+        fpr : float, default=0.01
+            Target false-alarm rate, in (0, 1). It needs at least
+            ``ceil(1 / fpr) - 1`` reference rows.
+
+        Returns
+        -------
+        self : object
+            The calibrated detector.
+        """
+        X = self._validate_input(X)
+        check_fpr(fpr)
+        reference = np.sort(-self._score_samples(X))
+        self.threshold_ = conformal_threshold(reference, fpr)
+        self.offset_ = -self.threshold_
+        self.reference_scores_ = reference
+        self.calibration_fpr_ = float(fpr)
+        return self
 
     def p_values(self, X):
         """Conformal p-value of each row against the calibration rows.

@@ -16,7 +16,6 @@ from . import elbo
 from .config import conv_plan
 from .preprocessing import DEFAULT_MIN_VARIANCE
 
-
 # Upper bound on the log-variance of q(z|x).  Far above what ordinary rows
 # need (the prior's log-variance is 0), it keeps exp(logvar) finite for
 # rows far outside the training data.  Without it such a row's KL term

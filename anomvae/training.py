@@ -181,6 +181,23 @@ def rows_kept(per_row, kl, n_kept, trim_by):
     return rank_by <= rank_by.kthvalue(n_kept).values
 
 
+def refit_rows(anomaly_scores, threshold, refit_inliers, options, *, batch_size, n_train):
+    """The training rows a ``refit_inliers`` refit trains on (those whose
+    anomaly score is at most ``threshold``), or None when no refit is due.
+
+    ``"auto"`` refits when batches are trimmed, i.e. ``trim_fraction`` of a
+    batch (``batch_size`` rows, at most the ``n_train`` rows trained on) is
+    at least a row, and training runs past the warm-up, after which
+    trimming starts.
+    """
+    if isinstance(refit_inliers, str):
+        trims = int(options.trim_fraction * min(batch_size, n_train)) >= 1
+        refit = trims and options.max_epochs > (options.kl_warmup or 0)
+    else:
+        refit = bool(refit_inliers)
+    return anomaly_scores <= threshold if refit else None
+
+
 def resolve_device(device):
     """The torch device name ``device`` ("auto": CUDA when available) stands for."""
     if device == "auto":
@@ -215,10 +232,10 @@ def fit_network(X, options, rng, device, *, on_epoch=None):
         floors = grid_variance_floor(X, standardizer.scale)
     else:
         floors = np.full(n_features, float(options.min_variance))
+    latent_dim = auto_latent_dim(n_features, image_shape) if options.latent_dim == "auto" else int(options.latent_dim)
     config = NetworkConfig(
         architecture=options.architecture, n_features=int(n_features),
-        hidden_dims=tuple(int(h) for h in options.hidden_dims),
-        latent_dim=auto_latent_dim(n_features, image_shape) if options.latent_dim == "auto" else int(options.latent_dim),
+        hidden_dims=tuple(int(h) for h in options.hidden_dims), latent_dim=latent_dim,
         likelihood=options.likelihood, n_score_samples=int(options.n_score_samples),
         min_variance=None if floors is None else tuple(float(v) for v in floors), image_shape=image_shape,
     )

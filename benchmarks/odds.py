@@ -197,8 +197,10 @@ def summarize(results):
     lines.append("| **mean ROC-AUC** | " + " | ".join(f"{auc[m].mean():.3f}" for m in models) + " |")
     lines.append("| mean AP | " + " | ".join(f"{mean_ap[m]:.3f}" for m in models) + " |")
     lines.append("| mean rank | " + " | ".join(f"{ranks[m].mean():.2f}" for m in models) + " |")
-    lines.append("| fit s (all datasets, one seed) | " + " | ".join(f"{totals.loc[m, 'fit_s']:.1f}" for m in models) + " |")
-    lines.append("| score s (all datasets, one seed) | " + " | ".join(f"{totals.loc[m, 'score_s']:.2f}" for m in models) + " |")
+    fit_s = " | ".join(f"{totals.loc[m, 'fit_s']:.1f}" for m in models)
+    score_s = " | ".join(f"{totals.loc[m, 'score_s']:.2f}" for m in models)
+    lines.append(f"| fit s (all datasets, one seed) | {fit_s} |")
+    lines.append(f"| score s (all datasets, one seed) | {score_s} |")
     return "\n".join(lines)
 
 

@@ -211,7 +211,8 @@ def report(args, pyod_rows, bound, cli):
         f"bounds scoring at {bound['bound_rows_per_s']:,.0f} rows/s; measured {bound['rows_per_s']:,.0f} rows/s "
         f"({100 * bound['rows_per_s'] / bound['bound_rows_per_s']:.0f}% of the bound).",
         "",
-        f"**The command line** on a {cli['file_mb']:.0f} MB CSV ({args.csv_rows:,} rows x 20 columns), each a fresh process:",
+        f"**The command line** on a {cli['file_mb']:.0f} MB CSV ({args.csv_rows:,} rows x 20 columns), "
+        "each a fresh process:",
         "",
         "| | wall s | peak RSS MB |",
         "|---|---|---|",

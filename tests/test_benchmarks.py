@@ -12,6 +12,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import odds  # noqa: E402
 import speed  # noqa: E402
 
+# Deselect with: pytest -m "not benchmark"
+pytestmark = pytest.mark.benchmark
+
 
 @pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
 def test_odds_benchmark_runs(tmp_path):
@@ -55,6 +58,7 @@ def test_odds_split_follows_the_protocol():
 
 def test_odds_seed_average_is_the_mean_of_its_members_scores():
     import numpy as np
+
     from anomvae import VAEAnomalyDetector
 
     X = np.random.RandomState(0).normal(size=(120, 3))
@@ -86,9 +90,9 @@ def test_speed_benchmark_runs():
 
 def test_stopping_replay_matches_a_fit_that_stops_early():
     import numpy as np
-    from anomvae import VAEAnomalyDetector
-
     import stopping
+
+    from anomvae import VAEAnomalyDetector
 
     X = np.random.RandomState(1).normal(size=(300, 4))
     params = {"random_state": 3, "kl_warmup": 2, "tol": 1e-2, "max_epochs": 80}
@@ -136,10 +140,9 @@ def test_stopping_benchmark_runs(tmp_path):
 
 @pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
 def test_ensembles_average_saved_scores(tmp_path, capsys):
+    import ensembles
     import numpy as np
     from sklearn.metrics import roc_auc_score
-
-    import ensembles
 
     runs = [odds.main([
         "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--models", "anomvae", "--no-docs",
@@ -190,7 +193,6 @@ def test_outside_benchmark_runs(capsys):
 
 def test_outside_split_contaminates_both_parts_without_overlap():
     import numpy as np
-
     import outside
 
     normal, anomalies = np.arange(1000.0)[:, None], -np.arange(1, 501.0)[:, None]

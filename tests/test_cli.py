@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import assert_runs_without
 
 import anomvae
 from anomvae import cli
@@ -23,7 +24,6 @@ from anomvae.cli import info as info_command
 from anomvae.cli import options as cli_options
 from anomvae.detector import VAEAnomalyDetector
 from anomvae.preprocessing import grid_variance_floor
-from conftest import assert_runs_without
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 TRAIN = EXAMPLES / "cardio_train.csv"

@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_runs_without
 from PIL import Image
 from sklearn.datasets import load_digits
+from test_cli import TRAIN, assert_input_error, invoke
 
 import anomvae
 from anomvae.persistence import read_metadata
-
-from conftest import assert_runs_without
-from test_cli import TRAIN, assert_input_error, invoke
 
 QUICK = ["--max-epochs", "3", "--random-state", "0"]
 

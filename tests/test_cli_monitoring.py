@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import make_low_rank
 from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import cli
 from anomvae.persistence import read_metadata
-from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
 

@@ -1,6 +1,5 @@
 """Behaviour of VAEAnomalyDetector: detection, contract, determinism, errors."""
 
-import io
 import pickle
 import warnings
 
@@ -9,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_low_rank, quiet_fit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
@@ -20,8 +20,6 @@ from sklearn.preprocessing import StandardScaler
 
 from anomvae import VAEAnomalyDetector
 from anomvae.model import build_vae
-
-from conftest import make_low_rank, quiet_fit
 
 FAST = dict(max_epochs=15, batch_size=32, lr=3e-3, random_state=0)
 

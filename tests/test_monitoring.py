@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_low_rank
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import anomvae
@@ -18,7 +19,6 @@ from anomvae.calibration import subsample_sorted as _subsample_sorted
 from anomvae.explain import explain
 from anomvae.results import TopScores as _TopScores
 from anomvae.scoring import score_csv
-from conftest import make_low_rank
 
 FEATURES = ["a", "b", "c", "d", "e"]
 

@@ -12,8 +12,8 @@ import pytest
 import anomvae
 from anomvae import persistence
 from anomvae.calibration import conformal_p_values
-from anomvae.fitted import ScoringModel
 from anomvae.errors import ModelFileError
+from anomvae.fitted import ScoringModel
 from anomvae.persistence import load_for_scoring, read_metadata
 from anomvae.schema import FORMAT_VERSION
 
@@ -158,7 +158,8 @@ def _text(path, tmp):
         (_flipped, "corrupted model file"),
         (_foreign_zip, "it has no anomvae.json"),
         (_foreign_json, "no 'anomvae-model' marker"),
-        (_newer, f"model format {FORMAT_VERSION + 1}; this anomvae .* reads format {FORMAT_VERSION} at most. Upgrade anomvae"),
+        (_newer, f"model format {FORMAT_VERSION + 1}; this anomvae .* reads format {FORMAT_VERSION} at most. "
+                 "Upgrade anomvae"),
         (_bad_weights, "weights.pt cannot be read"),
         (_pickle_payload, "weights.pt cannot be read"),
         (_text, "not an anomvae model file"),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import quiet_fit
 from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
@@ -14,8 +15,6 @@ from anomvae import VAEAnomalyDetector
 from anomvae.cli import main
 from anomvae.cli.fit import refit_note as _refit_note
 from anomvae.persistence import load_for_scoring
-
-from conftest import quiet_fit
 
 CARDIO = Path(__file__).resolve().parents[1] / "examples" / "data" / "cardio_train.csv"
 FAST = dict(max_epochs=12, kl_warmup=3, batch_size=40, random_state=0)

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_low_rank, quiet_fit
 from sklearn.base import clone
 
 import anomvae
 from anomvae import VAEAnomalyDetector
+from anomvae.persistence import load_for_scoring
 from anomvae.preprocessing import DEFAULT_MIN_VARIANCE
 from anomvae.preprocessing import grid_variance_floor as _grid_variance_floor
-from anomvae.persistence import load_for_scoring
-
-from conftest import make_low_rank, quiet_fit
 
 FAST = dict(max_epochs=60, batch_size=32, lr=3e-3, random_state=0)
 
@@ -70,7 +69,8 @@ def test_auto_floors_bound_the_learned_variances(auto_fit, train):
     assert auto_fit.min_variance_[-1] == pytest.approx(expected)
     np.testing.assert_array_equal(auto_fit.min_variance_[:-1], DEFAULT_MIN_VARIANCE)
     # The network uses these floors.
-    np.testing.assert_array_equal(auto_fit.module_.likelihood.min_variance.numpy(), auto_fit.min_variance_.astype(np.float32))
+    np.testing.assert_array_equal(auto_fit.module_.likelihood.min_variance.numpy(),
+                                  auto_fit.min_variance_.astype(np.float32))
 
 
 def test_a_float_floor_applies_to_every_feature(train):

@@ -5,8 +5,17 @@ import warnings
 import click
 
 from .app import InputError, input_errors, main
-from .options import DATA, IMAGE_DEFAULTS, ImageSize, Names, estimator_options, estimator_params, progress, \
-    report_warnings
+from .options import (
+    DATA,
+    IMAGE_DEFAULTS,
+    ImageSize,
+    Names,
+    estimator_options,
+    estimator_params,
+    progress,
+    report_warnings,
+)
+
 
 @main.command()
 @click.argument("data", type=DATA)

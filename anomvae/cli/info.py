@@ -3,10 +3,12 @@
 import json
 
 import click
+import numpy as np
 
 from .app import input_errors, main, model_kind
 from .fit import refit_note
 from .options import COLORS
+
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
@@ -16,22 +18,38 @@ def info(model, as_json):
     """Describe MODEL: version, input, network, features (for image models
     their shape, colour mode and the size score resizes images to),
     parameters, threshold, training."""
-    from ..config import NetworkConfig
     from ..persistence import read_metadata
 
     metadata = read_metadata(model)
+    summary = describe(model, metadata)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo("\n".join(_text(summary, floors_readable=_variance_floors(metadata["fitted"])[1])))
+
+
+def _variance_floors(fitted):
+    """The Gaussian likelihood's variance floors as a list (None for other
+    likelihoods), and whether the network configuration could be read."""
+    from ..config import NetworkConfig
+
+    try:
+        floors = NetworkConfig.from_dict(fitted["module_config"]).variance_floors()
+    except (KeyError, TypeError, ValueError):
+        # info describes damaged files too; score would reject this one.
+        return None, False
+    return (None if floors is None else floors.tolist()), True
+
+
+def describe(path, metadata):
+    """What ``info --json`` prints about the model file at ``path``. A
+    damaged file's missing values are None."""
     fitted = metadata["fitted"]
     history = fitted.get("history_") or {}
     kind = model_kind(metadata)
     shape = fitted.get("image_shape_")  # what score reads images at, as (C, H, W)
-    try:
-        floors = NetworkConfig.from_dict(fitted["module_config"]).variance_floors()
-        unreadable_floors = False
-    except (KeyError, TypeError, ValueError):
-        # info describes damaged files too; score would reject this one.
-        floors, unreadable_floors = None, True
-    summary = {
-        "file": model,
+    return {
+        "file": path,
         "anomvae_version": metadata.get("anomvae_version"),
         "format_version": metadata["format_version"],
         "created": metadata.get("created"),
@@ -51,7 +69,7 @@ def info(model, as_json):
         ),
         "latent_dim": fitted.get("latent_dim_"),
         # Per feature, in standardised units; None unless the likelihood is Gaussian.
-        "variance_floors": None if floors is None else floors.tolist(),
+        "variance_floors": _variance_floors(fitted)[0],
         "device": fitted.get("device_"),
         "params": metadata["params"],
         "training": {
@@ -66,13 +84,14 @@ def info(model, as_json):
                                  default=None),
         },
     }
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    training = summary["training"]
+
+
+def _text(summary, *, floors_readable=True):
+    """The lines ``info`` prints for :func:`describe`'s summary."""
+    kind, shape, training = summary["input"], summary["image_shape"], summary["training"]
     features = summary["features"] or [f"x{i}" for i in range(summary["n_features"] or 0)]
     lines = [
-        f"model:      {model} (anomvae {summary['anomvae_version']}, format {summary['format_version']}, "
+        f"model:      {summary['file']} (anomvae {summary['anomvae_version']}, format {summary['format_version']}, "
         f"created {summary['created']})",
         f"input:      {'images' if kind == 'images' else 'CSV'}",
         f"network:    {summary['architecture']}, {summary['likelihood']} likelihood",
@@ -82,6 +101,7 @@ def info(model, as_json):
     else:
         # Thousands of pixel names x0, x1, ... would say nothing.
         lines += [f"features:   {summary['n_features']} pixels", _image_line(summary)]
+    floors = summary["variance_floors"]
     lines += [
         f"id columns: {', '.join(summary['id_columns']) or '(none)'}",
         f"threshold:  {_number(summary['threshold'], '.6g')} nats (negative ELBO)",
@@ -98,11 +118,13 @@ def info(model, as_json):
             else "no validation loss monitored"
         ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
-        *([] if floors is None else [floors_line(floors)]),
-        *(["variance:   unreadable (the network configuration is damaged)"] if unreadable_floors else []),
-        "parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())),
     ]
-    click.echo("\n".join(lines))
+    if not floors_readable:
+        lines.append("variance:   unreadable (the network configuration is damaged)")
+    elif floors is not None:
+        lines.append(floors_line(np.asarray(floors)))
+    lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
+    return lines
 
 
 def _number(value, spec):

@@ -52,7 +52,8 @@ class Names(click.ParamType):
 # help). The defaults repeat the estimator's so that --help shows them
 # without importing torch; a test keeps the two in step.
 ESTIMATOR_OPTIONS = [
-    ("latent_dim", AutoOr(int, {"auto": "auto"}), "auto", "Latent size; auto = ceil(sqrt(n_features)) in [2, 32] (conv: ceil(sqrt(H*W)/2))."),
+    ("latent_dim", AutoOr(int, {"auto": "auto"}), "auto",
+     "Latent size; auto = ceil(sqrt(n_features)) in [2, 32] (conv: ceil(sqrt(H*W)/2))."),
     ("hidden_dims", IntTuple(), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
     ("likelihood", click.Choice(["gaussian", "bernoulli", "continuous_bernoulli"]), "gaussian",
      "Observation model p(x|z) [image fits: bernoulli unless given]."),

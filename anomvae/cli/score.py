@@ -11,6 +11,7 @@ from .app import EXIT_ANOMALIES, InputError, input_errors, load_model, main, mod
 from .fit import refuse_csv_options
 from .options import DATA
 
+
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("data", type=DATA)
