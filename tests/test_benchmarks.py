@@ -223,3 +223,17 @@ def test_outside_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         outside.main(["--quick", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_digits_benchmark_quick_run_beats_chance_clearly():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "digits.py"
+    spec = importlib.util.spec_from_file_location("digits_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--quick"])
+    assert [row[0] for row in rows] == [0, 1]
+    for digit, n_train, n_test, vae_auc, forest_auc in rows:
+        assert vae_auc > 0.85, (digit, vae_auc)

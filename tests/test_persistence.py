@@ -1,9 +1,10 @@
-"""Model files: round trips, atomic writes, and every way a file can be bad."""
+"""anomvae.persistence, model files: round trips, atomic writes, and every way a file
+can be bad. (Files of older formats: test_schema.py.)"""
 
 import json
 import os
+import pickle
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,15 @@ def test_round_trip_keeps_feature_names(inliers, tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(frame), detector.score_samples(frame))
 
 
+def test_conv_model_file_and_pickle_round_trip(conv_model, test_images, tmp_path):
+    anomvae.save(conv_model, tmp_path / "m.anomvae")
+    loaded = anomvae.load(tmp_path / "m.anomvae")
+    assert loaded.image_shape_ == (1, 8, 8) and loaded.architecture == "conv"
+    assert np.array_equal(loaded.score_samples(test_images), conv_model.score_samples(test_images))
+    unpickled = pickle.loads(pickle.dumps(conv_model))
+    assert np.array_equal(unpickled.score_samples(test_images), conv_model.score_samples(test_images))
+
+
 def test_metadata_is_json_readable(model_path):
     metadata = read_metadata(model_path)
     assert metadata["format"] == "anomvae-model" and metadata["format_version"] == FORMAT_VERSION
@@ -82,12 +92,21 @@ def test_metadata_is_json_readable(model_path):
         assert set(archive.namelist()) == {"anomvae.json", "weights.pt"}
 
 
-def test_save_is_atomic(fitted, model_path, tmp_path):
+def test_save_is_atomic(fitted, model_path, tmp_path, monkeypatch):
+    from sklearn.exceptions import NotFittedError
+
     target = tmp_path / "m.anomvae"
     target.write_bytes(b"previous model")
-    unfitted = anomvae.VAEAnomalyDetector()
-    with pytest.raises(Exception):
-        anomvae.save(unfitted, target)
+    with pytest.raises(NotFittedError):
+        anomvae.save(anomvae.VAEAnomalyDetector(), target)
+    assert target.read_bytes() == b"previous model"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", disk_full)  # fails half-way through the archive
+    with pytest.raises(OSError, match="No space left on device"):
+        anomvae.save(fitted, target)
     assert target.read_bytes() == b"previous model"
     assert os.listdir(tmp_path) == ["m.anomvae"]  # no temporary file left behind
 
@@ -196,18 +215,3 @@ def test_format_versions_below_1_are_refused(model_path, tmp_path, version):
 def test_directory_is_not_a_model(tmp_path):
     with pytest.raises(ModelFileError, match="is a directory"):
         anomvae.load(tmp_path)
-
-
-def test_model_files_of_format_2_load_as_trimmed_by_the_loss():
-    # Written by anomvae at commit b19235c (model format 2), before trim_by
-    # existed, with the scores it gave. Those fits trimmed by the loss.
-    data = Path(__file__).parent / "data"
-    expected = np.load(data / "format2-expected.npz")
-    path = data / "format2-gaussian.anomvae"
-    with zipfile.ZipFile(path) as archive:
-        assert "trim_by" not in json.loads(archive.read("anomvae.json"))["params"]
-    assert read_metadata(path)["format_version"] == 2 and read_metadata(path)["params"]["trim_by"] == "loss"
-    detector = anomvae.load(path)
-    assert detector.get_params()["trim_by"] == "loss"
-    np.testing.assert_array_equal(detector.score_samples(expected["X"]), expected["scores"])
-    np.testing.assert_array_equal(load_for_scoring(path).score_samples(expected["X"]), expected["scores"])

@@ -1,34 +1,20 @@
-"""refit_inliers: a second network trained without the rows the first flags."""
+"""refit_inliers: a second network trained without the rows the first flags.
 
-import json
+When "auto" refits (training.refit_rows) is tested in test_training.py; what
+fit and info say of a refit, in test_cli_fit.py and test_cli_info.py."""
+
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import REFIT_FAST as FAST
 from conftest import quiet_fit
 from sklearn.exceptions import ConvergenceWarning
 
 import anomvae
 from anomvae import VAEAnomalyDetector
-from anomvae.cli import main
-from anomvae.cli.fit import refit_note as _refit_note
 from anomvae.persistence import load_for_scoring
-
-CARDIO = Path(__file__).resolve().parents[1] / "examples" / "data" / "cardio_train.csv"
-FAST = dict(max_epochs=12, kl_warmup=3, batch_size=40, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def contaminated(inliers, test_set):
-    """The 600 training inliers with 30 of the test set's kind of outliers among them."""
-    X_test, y_test = test_set
-    rng = np.random.RandomState(5)
-    outliers = rng.normal(size=(30, inliers.shape[1])) * inliers.std(axis=0)
-    X = np.vstack([inliers, outliers])
-    order = rng.permutation(len(X))
-    return X[order], (np.arange(len(X)) >= len(inliers))[order]
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +59,6 @@ def test_refit_with_a_contamination_rate_leaves_out_that_share(contaminated):
     assert (detector.predict(X) == -1).mean() == pytest.approx(0.1, abs=1 / len(X))
 
 
-@pytest.mark.parametrize("batch_size, refits", [(33, False), (34, True)])
-def test_auto_refits_only_when_batches_are_trimmed(contaminated, batch_size, refits):
-    X, _ = contaminated
-    params = {**FAST, "batch_size": batch_size, "max_epochs": 6}
-    auto = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **params), X)
-    assert (auto.n_refit_excluded_ is not None) == refits
-    expected = quiet_fit(VAEAnomalyDetector(refit_inliers=refits, **params), X)
-    np.testing.assert_array_equal(auto.score_samples(X), expected.score_samples(X))
-
-
 def test_nothing_flagged_means_no_refit(inliers, monkeypatch):
     # A threshold no training row exceeds: the first network is kept.
     monkeypatch.setattr("anomvae.calibration.contamination_threshold", lambda scores, contamination: np.inf)
@@ -104,24 +80,6 @@ def test_refit_count_survives_a_model_file(refitted, contaminated, tmp_path):
 def test_bad_refit_value_is_named(inliers):
     with pytest.raises(ValueError, match="refit_inliers"):
         VAEAnomalyDetector(refit_inliers="always").fit(inliers)
-
-
-def test_auto_does_not_refit_when_training_ends_within_the_warm_up(contaminated):
-    # Trimming starts after kl_warmup (3 in FAST) epochs: with 3 epochs no row is ever trimmed.
-    X, _ = contaminated
-    params = {**FAST, "batch_size": 34}
-    within = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **{**params, "max_epochs": 3}), X)
-    past = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **{**params, "max_epochs": 4}), X)
-    assert within.n_refit_excluded_ is None and past.n_refit_excluded_ is not None
-
-
-@pytest.mark.parametrize("n_rows, refits", [(30, False), (40, True)])
-def test_auto_reads_the_rows_a_batch_really_holds(inliers, n_rows, refits):
-    # A batch_size larger than the data gives one batch of the 27 (or 36)
-    # rows left after the validation split: 3% of 27 trims no row, of 36 one.
-    params = {**FAST, "batch_size": 1000, "max_epochs": 6}
-    auto = quiet_fit(VAEAnomalyDetector(refit_inliers="auto", **params), inliers[:n_rows])
-    assert auto.batch_size_ == 1000 and (auto.n_refit_excluded_ is not None) == refits
 
 
 def _convergence_warnings(detector, X):
@@ -154,37 +112,3 @@ def test_a_filter_on_the_message_hides_both_networks_warnings(contaminated):
         warnings.filterwarnings("ignore", message="VAEAnomalyDetector reached max_epochs")
         VAEAnomalyDetector(refit_inliers=True, **FAST).fit(contaminated[0])
     assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
-
-
-@pytest.mark.parametrize("n_excluded, refit_inliers, note", [
-    (None, False, ""),
-    (None, "auto", ", no refit (auto: batches not trimmed)"),
-    (0, True, ", no refit (the first network flagged no rows, or too many to train on)"),
-    (7, "auto", ", after a refit without the 7 rows the first network flagged"),
-])
-def test_refit_note(n_excluded, refit_inliers, note):
-    assert _refit_note(n_excluded, refit_inliers) == note
-
-
-def test_fit_and_info_say_what_the_refit_left_out(tmp_path):
-    path = tmp_path / "m.anomvae"
-    result = CliRunner().invoke(main, ["fit", str(CARDIO), "-o", str(path), "--max-epochs", "5",
-                                       "--random-state", "0", "--refit-inliers", "true"])
-    assert result.exit_code == 0, result.output
-    excluded = anomvae.load(path).n_refit_excluded_
-    assert excluded > 0
-    note = f"after a refit without the {excluded} rows the first network flagged"
-    assert note in result.stderr
-    assert note in CliRunner().invoke(main, ["info", str(path)]).stdout
-    info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
-    assert info["training"]["refit_excluded"] == excluded and info["params"]["refit_inliers"] is True
-
-
-def test_info_without_a_refit_says_nothing_of_it(tmp_path):
-    path = tmp_path / "m.anomvae"
-    assert CliRunner().invoke(main, ["fit", str(CARDIO), "-o", str(path), "--max-epochs", "3", "-q"]).exit_code == 0
-    training = [line for line in CliRunner().invoke(main, ["info", str(path)]).stdout.splitlines()
-                if line.startswith("training:")]
-    assert len(training) == 1 and "refit" not in training[0]
-    info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
-    assert info["training"]["refit_excluded"] is None

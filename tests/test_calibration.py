@@ -1,7 +1,7 @@
-"""Calibrated thresholds, conformal p-values, feature contributions and the
-monitoring summary of the streaming scorer."""
+"""anomvae.calibration: the contamination threshold set at fit, conformal
+thresholds and p-values from reference rows, thinning of stored scores,
+and the score-shift test."""
 
-import io
 import math
 import pickle
 import warnings
@@ -9,39 +9,36 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_low_rank
+from conftest import FAST, quiet_fit
+from conftest import draw_rows as draw
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import anomvae
 from anomvae import VAEAnomalyDetector
 from anomvae.calibration import score_shift
 from anomvae.calibration import subsample_sorted as _subsample_sorted
-from anomvae.explain import explain
-from anomvae.results import TopScores as _TopScores
-from anomvae.scoring import score_csv
 
-FEATURES = ["a", "b", "c", "d", "e"]
+# -------------------------------------------- contamination threshold
 
 
-def draw(n, seed):
-    """Independent rows (one per seed) of one fixed distribution: a noisy 2-d subspace."""
-    return pd.DataFrame(make_low_rank(n, len(FEATURES), rank=2, noise=0.2, seed=seed, basis_seed=123),
-                        columns=FEATURES)
+def test_auto_threshold_is_tukeys_fence_on_training_scores(fitted, inliers):
+    anomaly = -fitted.score_samples(inliers)
+    q1, q3 = np.percentile(anomaly, [25, 75])
+    assert fitted.threshold_ == pytest.approx(q3 + 1.5 * (q3 - q1))
 
 
-@pytest.fixture(scope="module")
-def detector():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return VAEAnomalyDetector(hidden_dims=(16,), max_epochs=30, batch_size=64, lr=3e-3,
-                                  random_state=0).fit(draw(500, seed=1))
+@pytest.mark.parametrize("contamination", [0.05, 0.2])
+def test_contamination_sets_training_flag_rate(inliers, contamination):
+    detector = quiet_fit(VAEAnomalyDetector(contamination=contamination, **FAST), inliers)
+    assert np.mean(detector.predict(inliers) == -1) == pytest.approx(contamination, abs=1 / len(inliers))
+    np.testing.assert_array_equal(detector.fit_predict(inliers), detector.predict(inliers))
+
+
+# ---------------------------------------------- conformal calibration
 
 
 def calibrated(detector, X, fpr):
     return pickle.loads(pickle.dumps(detector)).calibrate(X, fpr=fpr)
-
-
-# ------------------------------------------------------------- calibration
 
 
 @pytest.mark.parametrize("fpr", [0.01, 0.05, 0.2])
@@ -148,125 +145,7 @@ def test_calibration_survives_save_load_and_pickle(detector, tmp_path):
     assert anomvae.load(tmp_path / "plain.anomvae").reference_scores_ is None
 
 
-# ------------------------------------------------------------ explanation
-
-
-def test_contributions_and_kl_add_up_to_the_anomaly_score(detector):
-    X = pd.concat([draw(40, seed=13), draw(5, seed=14) * 4])
-    contributions, kl = detector.feature_contributions(X), detector.kl_divergence(X)
-    assert contributions.shape == (45, len(FEATURES)) and contributions.dtype == np.float64
-    assert np.all(kl >= 0)
-    np.testing.assert_allclose(contributions.sum(1) + kl, -detector.score_samples(X), rtol=1e-5, atol=1e-4)
-
-
-def test_contributions_do_not_depend_on_the_batch(detector):
-    X = draw(70, seed=15)
-    together = detector.feature_contributions(X)
-    alone = np.vstack([detector.feature_contributions(X.iloc[[i]]) for i in (0, 33, 69)])
-    np.testing.assert_array_equal(alone, together[[0, 33, 69]])
-
-
-@pytest.mark.parametrize("column", [0, 2, 4])
-def test_planted_anomaly_column_ranks_first(detector, column):
-    X = draw(20, seed=16)
-    X.iloc[:, column] += 8 * X.iloc[:, column].std()
-    contributions = detector.feature_contributions(X)
-    assert np.all(np.argmax(contributions, axis=1) == column)
-    explained = explain(detector, X, 2)
-    assert all(items[0]["feature"] == FEATURES[column] for items in explained)
-    first = explained[0][0]
-    assert first["observed"] == X.iloc[0, column]
-    reconstructed = detector.inverse_transform(detector.transform(X.iloc[[0]]))[0, column]
-    assert first["reconstructed"] == reconstructed and first["contribution"] == contributions[0, column]
-
-
-# ------------------------------------------------------ monitoring summary
-
-
-def _csv(frame):
-    path = io.StringIO()
-    frame.to_csv(path, index=False)
-    return path.getvalue()
-
-
-def test_summary_top_anomalies_match_a_full_sort(detector, tmp_path):
-    X = pd.concat([draw(230, seed=17), draw(7, seed=18) * 3], ignore_index=True)
-    path = tmp_path / "batch.csv"
-    X.to_csv(path, index=False)
-    out = io.StringIO()
-    summary = score_csv(detector, str(path), out, chunk_size=16, summary_top=5)
-    scores = -detector.score_samples(X)
-    best = np.argsort(-scores, kind="stable")[:5]
-    assert [t["row"] for t in summary.top_anomalies] == list(best + 1)
-    assert [t["anomaly_score"] for t in summary.top_anomalies] == list(scores[best])
-    assert summary.rows == summary.rows_scored == 237
-    assert summary.anomalies == int(np.sum(scores > detector.threshold_))
-    assert summary.score_shift.baseline == "training"
-
-
-def _top_rows(chunks, size):
-    top, start = _TopScores(size), 0
-    for scores in chunks:
-        scores = np.asarray(scores, dtype=float)
-        rows = np.arange(start, start + len(scores)) + 1
-        top.add(scores, rows, lambda i, rows=rows: {"row": int(rows[i])})
-        start += len(scores)
-    return [(t["row"], t["anomaly_score"]) for t in top.result()]
-
-
-def _reference_top(chunks, size):
-    scores = np.concatenate([np.asarray(c, dtype=float) for c in chunks])
-    order = [i for i in np.argsort(-scores, kind="stable") if not np.isnan(scores[i])][:size]
-    return [(int(i) + 1, float(scores[i])) for i in order]
-
-
-@pytest.mark.parametrize("chunks, size", [
-    ([[5, 1, 5, 5, 2, 5], [5, 9, 5]], 3),          # ties straddle the cut, within and across chunks
-    ([[3, 1], [2, 8, 0, 8, 8], [1]], 4),           # chunks shorter than the top size
-    ([[np.nan, 4, np.nan, 7], [np.nan] * 5 + [6, 1]], 3),   # NaN never enters, nor blocks others
-    ([[np.nan] * 4, [2, 3]], 2),
-    ([[1, 2, 3]], 0),
-])
-def test_top_scores_keep_the_highest_and_earliest(chunks, size):
-    assert _top_rows(chunks, size) == _reference_top(chunks, size)
-
-
-def test_rows_whose_score_is_nan_are_named_or_marked(detector, tmp_path, monkeypatch):
-    from anomvae.errors import DataError
-
-    X = draw(40, seed=21)
-    path = tmp_path / "batch.csv"
-    X.to_csv(path, index=False)
-    real = detector.score_samples
-
-    def nan_for_row_3(frame):
-        scores = real(frame)
-        scores[3] = np.nan
-        return scores
-
-    monkeypatch.setattr(detector, "score_samples", nan_for_row_3)
-    with pytest.raises(DataError, match=r"1 row\(s\) cannot be scored, line\(s\) 5: .*NaN"):
-        score_csv(detector, str(path), io.StringIO(), chunk_size=100)
-    out = io.StringIO()
-    summary = score_csv(detector, str(path), out, chunk_size=100, mark_invalid=True)
-    table = pd.read_csv(io.StringIO(out.getvalue()))
-    assert len(table) == 40 and summary.rows_not_scored == 1 and summary.rows_scored == 39
-    assert table.loc[3, "status"].startswith("not scored: its anomaly score is NaN")
-    assert np.isnan(table.loc[3, "anomaly_score"]) and np.isnan(table.loc[3, "is_anomaly"])
-    assert (table.drop(index=3)["status"] == "scored").all()
-
-
-def test_id_values_that_need_quoting_survive_the_csv_output(detector, tmp_path):
-    X = draw(6, seed=22)
-    ids = ["plain", "a,b", 'say "hi"', "two\nlines", "", "x"]
-    frame = X.assign(name=ids)
-    path = tmp_path / "batch.csv"
-    frame.to_csv(path, index=False)
-    out = io.StringIO()
-    score_csv(detector, str(path), out, id_columns=["name"], chunk_size=4)
-    table = pd.read_csv(io.StringIO(out.getvalue()), dtype={"name": str}, keep_default_na=False)
-    assert list(table["name"]) == ids
-    assert len(table) == 6
+# -------------------------------------------------------- score shift
 
 
 def test_score_shift_flags_a_shifted_batch_only(detector):

@@ -1,0 +1,170 @@
+"""anomvae info (anomvae.cli.info): text and JSON for CSV and image models,
+variance floors, calibration, refits, and old or damaged files."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import QUICK, TRAIN, assert_input_error, assert_runs_without, invoke
+from PIL import Image
+
+import anomvae
+from anomvae.cli import info as info_command
+from anomvae.cli import main
+from anomvae.preprocessing import grid_variance_floor
+
+# --------------------------------------------------------- CSV models
+
+
+def test_info_text_and_json(model):
+    text = invoke("info", model)
+    assert text.exit_code == 0
+    assert "features:   21: LB, AC" in text.stdout and "threshold:" in text.stdout
+    data = json.loads(invoke("info", model, "--json").stdout)
+    detector = anomvae.load(model)
+    assert data["threshold"] == detector.threshold_
+    assert data["features"] == list(detector.feature_names_in_)
+    assert data["training"]["epochs"] == detector.n_epochs_ and data["training"]["rows"] == 1281
+    assert data["params"]["max_epochs"] == 5 and data["anomvae_version"] == anomvae.__version__
+    assert data["input"] == "csv" and data["architecture"] == "mlp" and data["likelihood"] == "gaussian"
+    assert data["image_shape"] is data["color"] is data["image_size"] is None
+    assert "network:    mlp, gaussian likelihood" in text.stdout and "image:" not in text.stdout
+    # One floor per feature, as fit derives them from the training data.
+    X = pd.read_csv(TRAIN)[data["features"]].to_numpy(float)
+    assert len(data["variance_floors"]) == 21
+    np.testing.assert_allclose(data["variance_floors"], grid_variance_floor(X, X.std(axis=0)), rtol=1e-12)
+    assert max(data["variance_floors"]) > 1e-3 and "variance:   floor 0.001 on " in text.stdout
+    assert data["params"]["trim_by"] == "kl" and "trim_by=kl" in text.stdout
+
+
+def test_info_of_a_file_from_before_trim_by_says_it_trimmed_by_the_loss():
+    # Written by anomvae at commit b19235c (model format 2), as load() reads it.
+    old = str(Path(__file__).parent / "data" / "format2-gaussian.anomvae")
+    assert json.loads(invoke("info", old, "--json").stdout)["params"]["trim_by"] == "loss"
+    assert "trim_by=loss" in invoke("info", old).stdout
+    assert anomvae.load(old).get_params()["trim_by"] == "loss"
+
+
+def _damaged_copy(model, damaged, edit):
+    """A copy of the model file whose metadata ``edit`` changed in place."""
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "anomvae.json":
+                metadata = json.loads(content)
+                edit(metadata["fitted"])
+                content = json.dumps(metadata)
+            target.writestr(item, content)
+    return damaged
+
+
+def test_info_of_a_damaged_network_configuration(model, tmp_path):
+    def two_floors(fitted):
+        fitted["module_config"]["min_variance"] = [1e-3, 1e-3]  # 21 features
+
+    damaged = _damaged_copy(model, tmp_path / "damaged.anomvae", two_floors)
+    result = invoke("info", damaged)
+    assert result.exit_code == 0, result.output
+    assert "variance:   unreadable (the network configuration is damaged)" in result.stdout
+    assert_input_error(invoke("score", damaged, TRAIN, "-o", tmp_path / "out.csv"), "corrupted model file")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_info_of_a_file_missing_its_threshold_and_history(model, tmp_path):
+    def no_threshold_nor_history(fitted):
+        del fitted["threshold_"]
+        fitted["history_"] = None
+
+    result = invoke("info", _damaged_copy(model, tmp_path / "damaged.anomvae", no_threshold_nor_history))
+    assert result.exit_code == 0, result.output
+    assert "threshold:  ? nats" in result.stdout and "final train loss ?" in result.stdout
+
+
+@pytest.mark.parametrize("floors, line", [
+    ([1e-3, 1e-3, 1e-3], "floor 0.001 on every feature"),
+    ([0.05, 0.05], "floor 0.05 on every feature"),
+    ([1e-3, 0.0125, 1e-3, 0.25], "floor 0.001 on 2 features, 0.0125 to 0.25 on 2 (from their value grids"),
+    ([1e-3, 0.0125], "floor 0.001 on 1 feature, 0.0125 on 1 (from their value grids"),
+    ([0.02, 0.5], "floor 0.02 to 0.5 on every feature"),
+])
+def test_info_sums_up_the_variance_floors(floors, line):
+    assert line in info_command.floors_line(np.array(floors))
+
+
+def test_info_shows_grid_floors_of_discrete_features(tmp_path):
+    # Two continuous features and one count on a grid of step 1.
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame({"a": rng.randn(300), "b": rng.randn(300), "count": rng.poisson(2.0, 300)})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    result = invoke("fit", tmp_path / "train.csv", "-o", tmp_path / "m.anomvae", *QUICK)
+    assert result.exit_code == 0, result.output
+    floors = json.loads(invoke("info", tmp_path / "m.anomvae", "--json").stdout)["variance_floors"]
+    step = 1 / frame["count"].std(ddof=0)
+    assert floors[:2] == [1e-3, 1e-3] and floors[2] == pytest.approx(step**2 / 12)
+    text = invoke("info", tmp_path / "m.anomvae").stdout
+    assert f"variance:   floor 0.001 on 2 features, {step**2 / 12:.3g} on 1 (from their value grids" in text
+
+
+def test_info_shows_calibration(files):
+    text = invoke("info", files / "calibrated.anomvae").stdout
+    assert "calibrated: for a false-alarm rate of 0.05 on 300 reference rows" in text
+    assert "calibrated: no" in invoke("info", files / "plain.anomvae").stdout
+    data = json.loads(invoke("info", files / "calibrated.anomvae", "--json").stdout)
+    assert data["calibration"] == {"fpr": 0.05, "reference_rows": 300}
+
+
+def test_info_without_a_refit_says_nothing_of_it(tmp_path):
+    path = tmp_path / "m.anomvae"
+    assert CliRunner().invoke(main, ["fit", str(TRAIN), "-o", str(path), "--max-epochs", "3", "-q"]).exit_code == 0
+    training = [line for line in CliRunner().invoke(main, ["info", str(path)]).stdout.splitlines()
+                if line.startswith("training:")]
+    assert len(training) == 1 and "refit" not in training[0]
+    info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
+    assert info["training"]["refit_excluded"] is None
+
+
+# ------------------------------------------------------- image models
+
+
+def test_info_shows_the_image_fields(image_model):
+    text = invoke("info", image_model)
+    assert text.exit_code == 0, text.output
+    assert "input:      images\n" in text.stdout
+    assert "network:    conv, bernoulli likelihood\n" in text.stdout
+    assert "features:   64 pixels\n" in text.stdout and "x63" not in text.stdout
+    assert ("image:      1x8x8 (C x H x W), grayscale; score resizes every image to 8x8 pixels (H x W)\n"
+            in text.stdout)
+    assert "training:   60 images from " in text.stdout
+    data = json.loads(invoke("info", image_model, "--json").stdout)
+    assert data["input"] == "images" and data["architecture"] == "conv" and data["likelihood"] == "bernoulli"
+    assert data["image_shape"] == [1, 8, 8] and data["color"] == "grayscale" and data["image_size"] == [8, 8]
+    # A Bernoulli likelihood has no variance to floor.
+    assert data["variance_floors"] is None and "variance:" not in text.stdout
+
+
+def test_info_of_a_resized_rgb_model(tmp_path):
+    rng = np.random.RandomState(0)
+    (tmp_path / "rgb").mkdir()
+    for i in range(6):
+        pixels = rng.randint(0, 256, (10, 12, 3)).astype(np.uint8)
+        Image.fromarray(pixels, mode="RGB").save(tmp_path / "rgb" / f"{i}.png")
+    path = tmp_path / "rgb.anomvae"
+    fit = invoke("fit", tmp_path / "rgb", "-o", path, "--image-size", "4x6", "--likelihood", "continuous_bernoulli",
+                 "--max-epochs", "1", "--random-state", "0")
+    assert fit.exit_code == 0, fit.output
+    data = json.loads(invoke("info", path, "--json").stdout)
+    assert data["image_shape"] == [3, 4, 6] and data["color"] == "rgb" and data["image_size"] == [4, 6]
+    assert data["likelihood"] == "continuous_bernoulli" and data["n_features"] == 72
+    text = invoke("info", path).stdout
+    assert "image:      3x4x6 (C x H x W), RGB; score resizes every image to 4x6 pixels (H x W)" in text
+
+
+@pytest.mark.parametrize("flags, shown", [([], "score resizes every image to 8x8"),
+                                          (["--json"], '"image_size": [\n    8,\n    8\n  ]')])
+def test_info_of_an_image_model_does_not_import_torch(image_model, flags, shown):
+    result = assert_runs_without(["info", str(image_model), *flags], "torch")
+    assert shown in result.stdout

@@ -1,0 +1,493 @@
+"""anomvae score (anomvae.cli.score and anomvae.scoring): CSV data, p-values,
+--explain and --summary-json, images and heatmaps. (How CSV files are read
+and their errors named: test_tables.py.)"""
+
+import gzip
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FEATURES, NEW, QUICK, TRAIN, assert_input_error, assert_runs_without, invoke, score_frame
+from conftest import draw_cli_rows as draw
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import anomvae
+from anomvae.detector import VAEAnomalyDetector
+
+# ----------------------------------------------------------- CSV data
+
+
+def test_score_writes_every_row(model, new_frame):
+    result = invoke("score", model, NEW)
+    assert result.exit_code == 0, result.output
+    out = score_frame(result)
+    assert list(out.columns) == ["record_id", "anomaly_score", "is_anomaly"]
+    assert list(out["record_id"]) == list(new_frame["record_id"])
+    detector = anomvae.load(model)
+    features = list(detector.feature_names_in_)
+    expected = -detector.score_samples(new_frame[features])
+    np.testing.assert_allclose(out["anomaly_score"], expected, rtol=1e-15)
+    np.testing.assert_array_equal(out["is_anomaly"], expected > detector.threshold_)
+    assert f"{len(new_frame)} rows, {int(out['is_anomaly'].sum())} anomalies" in result.stderr
+
+
+def test_columns_matched_by_name(model, new_frame, tmp_path):
+    shuffled = new_frame[list(new_frame.columns[::-1])].assign(extra="text", more=1.5)
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    a = score_frame(invoke("score", model, NEW))
+    b = score_frame(invoke("score", model, tmp_path / "shuffled.csv"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_chunk_size_does_not_change_results(model):
+    a = invoke("score", model, NEW)
+    b = invoke("score", model, NEW, "--chunk-size", "7")
+    assert a.exit_code == b.exit_code == 0 and len(a.stdout.splitlines()) == 551
+    assert a.stdout == b.stdout
+
+
+def test_stdin_gzip_and_output_file(model, tmp_path):
+    baseline = invoke("score", model, NEW).stdout
+    assert invoke("score", model, "-", input=NEW.read_text()).stdout == baseline
+    with gzip.open(tmp_path / "new.csv.gz", "wt") as handle:
+        handle.write(NEW.read_text())
+    assert invoke("score", model, tmp_path / "new.csv.gz").stdout == baseline
+    result = invoke("score", model, NEW, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert (tmp_path / "out.csv").read_text() == baseline
+
+
+def test_jsonl_output(model, tmp_path):
+    csv_rows = score_frame(invoke("score", model, NEW))
+    result = invoke("score", model, NEW, "--format", "jsonl")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == len(csv_rows)
+    assert set(records[0]) == {"record_id", "anomaly_score", "is_anomaly"}
+    assert [r["is_anomaly"] for r in records] == list(csv_rows["is_anomaly"])
+    np.testing.assert_allclose([r["anomaly_score"] for r in records], csv_rows["anomaly_score"], rtol=1e-14)
+    invoke("score", model, NEW, "-o", tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_text() == result.stdout
+
+
+def test_only_anomalies_threshold_and_exit_codes(model, tmp_path):
+    all_rows = score_frame(invoke("score", model, NEW))
+    flagged = score_frame(invoke("score", model, NEW, "--only-anomalies"))
+    pd.testing.assert_frame_equal(flagged, all_rows[all_rows["is_anomaly"]].reset_index(drop=True))
+    cut = float(all_rows["anomaly_score"].median())
+    custom = score_frame(invoke("score", model, NEW, "--threshold", cut))
+    np.testing.assert_array_equal(custom["is_anomaly"], custom["anomaly_score"] > cut)
+    alarm = invoke("score", model, NEW, "--fail-on-anomaly", "-o", tmp_path / "o.csv")
+    assert alarm.exit_code == 1 and (tmp_path / "o.csv").exists()
+    calm = invoke("score", model, NEW, "--fail-on-anomaly", "--threshold", "1e9")
+    assert calm.exit_code == 0 and "0 anomalies" in calm.stderr
+
+
+def test_row_numbers_without_id_columns(tmp_path):
+    invoke("fit", TRAIN, "-o", tmp_path / "m", "--exclude", "record_id", *QUICK)
+    out = score_frame(invoke("score", tmp_path / "m", NEW))
+    assert list(out.columns) == ["row", "anomaly_score", "is_anomaly"]
+    assert list(out["row"]) == list(range(1, len(out) + 1))
+
+
+def test_invalid_rows_are_named_or_marked_never_dropped(model, new_frame, tmp_path):
+    holes = new_frame.copy()
+    holes.loc[4, "AC"] = np.nan
+    holes.loc[9, "Mean"] = np.inf
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    result = invoke("score", model, tmp_path / "holes.csv", "-o", tmp_path / "out.csv")
+    assert_input_error(result, "2 row(s)", "line(s) 6, 11", "column 'AC'", "--invalid-rows mark")
+    assert not (tmp_path / "out.csv").exists()
+
+    marked = invoke("score", model, tmp_path / "holes.csv", "--invalid-rows", "mark")
+    assert marked.exit_code == 0
+    out = score_frame(marked)
+    assert len(out) == len(holes) and list(out["record_id"]) == list(holes["record_id"])
+    assert out["anomaly_score"].isna().sum() == 2 and out["is_anomaly"].isna().sum() == 2
+    assert out.loc[4, "status"] == "not scored: empty or NaN value in column 'AC' (line 6)"
+    assert out.loc[9, "status"] == "not scored: infinite value in column 'Mean' (line 11)"
+    assert (out.drop(index=[4, 9])["status"] == "scored").all()
+    assert "2 not scored" in marked.stderr
+    only = score_frame(invoke("score", model, tmp_path / "holes.csv", "--invalid-rows", "mark", "--only-anomalies"))
+    assert set(holes.loc[[4, 9], "record_id"]) <= set(only["record_id"])
+    assert only["is_anomaly"].isna().sum() == 2
+
+
+def test_values_beyond_float32_are_invalid_rows_not_nan_scores(model, new_frame, tmp_path):
+    huge = new_frame.copy()
+    huge.loc[2, "LB"] = 1e300
+    huge.to_csv(tmp_path / "huge.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "huge.csv"), "line(s) 4",
+                       "value 1e+300 in column 'LB' beyond float32's range")
+    out = score_frame(invoke("score", model, tmp_path / "huge.csv", "--invalid-rows", "mark"))
+    assert out.loc[2, "status"] == "not scored: value 1e+300 in column 'LB' beyond float32's range (line 4)"
+    assert out["anomaly_score"].drop(index=2).notna().all()
+    # Within float32's range as written, beyond it once standardised by a spread below 1.
+    detector = anomvae.load(model)
+    column = detector.feature_names_in_[int(np.argmin(detector.scale_))]
+    assert detector.scale_.min() < 0.95  # 3.3e38 / 0.95 > 3.4e38
+    huge = new_frame.copy()
+    huge.loc[5, column] = 3.3e38
+    huge.to_csv(tmp_path / "scaled.csv", index=False)
+    assert_input_error(invoke("score", model, tmp_path / "scaled.csv"), "line(s) 7",
+                       f"value 3.3e+38 in column {column!r} beyond float32's range once standardised")
+    out = score_frame(invoke("score", model, tmp_path / "scaled.csv", "--invalid-rows", "mark"))
+    assert out.loc[5, "status"].startswith("not scored: value 3.3e+38") and out["status"].eq("scored").sum() == 549
+
+
+def test_failed_score_leaves_existing_output_untouched(model, tmp_path):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(NEW.read_text().replace("\nc0003,", "\nc0003,oops", 1))
+    result = invoke("score", model, bad, "-o", tmp_path / "out.csv", "--chunk-size", "1")
+    assert result.exit_code == 2
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "out.csv"]
+
+
+def test_model_without_feature_names(tmp_path):
+    detector = VAEAnomalyDetector(max_epochs=2, random_state=0).fit(np.random.RandomState(0).normal(size=(50, 3)))
+    anomvae.save(detector, tmp_path / "m")
+    assert_input_error(invoke("score", tmp_path / "m", NEW), "without column names")
+
+
+def test_output_to_a_pipe_is_written_through_not_replaced(model, tmp_path):
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = invoke("score", model, NEW, "-o", fifo, "-q")
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert received and received[0] == invoke("score", model, NEW, "-q").stdout
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo"]
+
+
+def test_summary_and_results_must_be_different_files(model, tmp_path):
+    for target in (["-o", tmp_path / "same"], []):
+        summary = target[-1] if target else "-"
+        result = invoke("score", model, NEW, *target, "--summary-json", summary)
+        assert result.exit_code == 2 and "name the same file" in result.stderr
+    assert not (tmp_path / "same").exists()
+
+
+def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
+    # Once for the metadata check that comes before torch, once to load.
+    result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
+    assert result.exit_code == 0, result.output
+    assert model_file_opens == [str(model)] * 2
+
+
+def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
+    # The scoring-only model skips scikit-learn's import time and memory;
+    # the scores are the library's (see test_persistence).
+    assert_runs_without(["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q"], "sklearn")
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str}, float_precision="round_trip")
+    frame = pd.read_csv(NEW, dtype={"record_id": str}, float_precision="round_trip")
+    detector = anomvae.load(model)
+    expected = -detector.score_samples(frame[list(detector.feature_names_in_)])
+    np.testing.assert_array_equal(out["anomaly_score"].to_numpy(), expected)
+
+
+# ----------------------------- p-values, explanations and the summary
+
+
+def test_score_adds_p_values_only_for_calibrated_models(files):
+    plain = pd.read_csv(io.StringIO(invoke("score", files / "plain.anomvae", files / "batch.csv").stdout))
+    assert "p_value" not in plain.columns
+    result = invoke("score", files / "calibrated.anomvae", files / "batch.csv")
+    out = pd.read_csv(io.StringIO(result.stdout))
+    assert list(out.columns) == ["id", "anomaly_score", "p_value", "is_anomaly"]
+    assert out["is_anomaly"].any()
+    np.testing.assert_array_equal(out["p_value"] <= 0.05, out["is_anomaly"])
+    detector = anomvae.load(files / "calibrated.anomvae")
+    np.testing.assert_allclose(out["p_value"], detector.p_values(pd.read_csv(files / "batch.csv")[FEATURES]))
+
+
+def test_explain_names_the_planted_column(files):
+    result = invoke("score", files / "calibrated.anomvae", files / "batch.csv", "--explain", "2")
+    out = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    planted = out.loc[out["id"] == "id07", "explanation"].item()
+    assert planted.startswith("c=") and planted.count(" nats (observed ") == 2
+    assert (out["explanation"] != "").tolist() == out["is_anomaly"].astype(bool).tolist()
+
+    result = invoke("score", files / "calibrated.anomvae", files / "batch.csv", "--explain", "3",
+                    "--format", "jsonl", "--only-anomalies")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    planted = next(r for r in rows if r["id"] == "id07")["explanation"]
+    assert [e["feature"] for e in planted][0] == "c" and len(planted) == 3
+    assert set(planted[0]) == {"feature", "contribution", "observed", "reconstructed"}
+    assert planted[0]["contribution"] >= planted[1]["contribution"] >= planted[2]["contribution"]
+    assert planted[0]["observed"] == pytest.approx(pd.read_csv(files / "batch.csv").loc[7, "c"])
+
+
+def test_summary_json(files, tmp_path):
+    target = tmp_path / "summary.json"
+    result = invoke("score", files / "calibrated.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                    "--summary-json", target, "--summary-top", "3", "--chunk-size", "7")
+    summary = json.loads(target.read_text())
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"id": str})
+    assert summary["rows"] == summary["rows_scored"] == 60 and summary["rows_not_scored"] == 0
+    assert summary["anomalies"] == int(out["is_anomaly"].sum())
+    assert summary["calibration_fpr"] == 0.05 and summary["threshold"] == pytest.approx(
+        anomvae.load(files / "calibrated.anomvae").threshold_)
+    top = out.sort_values("anomaly_score", ascending=False).head(3)
+    assert [t["id"] for t in summary["top_anomalies"]] == top["id"].tolist()
+    assert summary["top_anomalies"][0]["id"] == "id07"
+    assert summary["max_score"] == summary["top_anomalies"][0]["anomaly_score"]
+    shift = summary["score_shift"]
+    assert shift["baseline"] == "calibration" and shift["n_batch"] == 60 and not shift["shifted"]
+    assert "may have shifted" not in result.stderr
+
+
+def test_shift_is_reported_and_warned(files, tmp_path):
+    (tmp_path / "moved.csv").write_text((draw(300, seed=5) * 2).assign(id="x").to_csv(index=False))
+    target = tmp_path / "summary.json"
+    result = invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-o", tmp_path / "out.csv",
+                    "--summary-json", target)
+    assert result.exit_code == 0
+    shift = json.loads(target.read_text())["score_shift"]
+    assert shift["baseline"] == "training" and shift["shifted"] and shift["ks_p_value"] < 1e-3
+    assert "moved.csv differ from the model's training scores" in result.stderr
+    assert result.stderr.startswith("warning: the anomaly scores of ")
+    quiet = invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-q")
+    assert quiet.stderr == ""
+    # Quiet with a summary still runs the test; quiet alone has no reader for it.
+    invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-q", "--summary-json", target)
+    assert json.loads(target.read_text())["score_shift"]["shifted"]
+
+
+def test_quiet_scoring_skips_the_unread_shift_test(files, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a, **k: calls.append(a))
+    (tmp_path / "batch.csv").write_text(draw(20, seed=6).assign(id="x").to_csv(index=False))
+    assert invoke("score", files / "plain.anomvae", tmp_path / "batch.csv", "-q").exit_code == 0
+    assert calls == []
+    assert invoke("score", files / "plain.anomvae", tmp_path / "batch.csv").exit_code == 0
+    assert len(calls) == 1
+
+
+def test_failed_score_writes_no_summary(files, tmp_path):
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    target = tmp_path / "summary.json"
+    result = invoke("score", files / "plain.anomvae", tmp_path / "bad.csv", "--summary-json", target)
+    assert result.exit_code == 2 and not target.exists()
+
+
+def test_unwritable_summary_replaces_no_results(files, tmp_path, monkeypatch):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    scored = []
+    monkeypatch.setattr("anomvae.scoring.score_shift", lambda *a, **k: scored.append(a))
+    result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                    "--summary-json", tmp_path / "no-such-folder" / "summary.json")
+    assert result.exit_code == 2 and "cannot write" in result.stderr and "summary.json" in result.stderr
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"] and scored == []
+
+
+def test_results_and_summary_are_written_with_the_umask(files, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                        "--summary-json", tmp_path / "summary.json", "-q")
+        assert result.exit_code == 0, result.output
+        fitted = invoke("fit", files / "batch.csv", "-o", tmp_path / "m.anomvae", "--max-epochs", "2", "-q")
+        assert fitted.exit_code == 0, fitted.output
+    finally:
+        os.umask(previous)
+    for name in ("out.csv", "summary.json", "m.anomvae"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    # A file replaced in place keeps its own permissions.
+    (tmp_path / "m.anomvae").chmod(0o644)
+    calibrated = invoke("calibrate", tmp_path / "m.anomvae", files / "batch.csv", "--fpr", "0.1", "-q")
+    assert calibrated.exit_code == 0, calibrated.output
+    assert stat.S_IMODE((tmp_path / "m.anomvae").stat().st_mode) == 0o644
+
+
+# ------------------------------------------------ images and heatmaps
+
+
+def test_score_writes_one_row_per_image(image_model, new_images):
+    result = invoke("score", image_model, new_images)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout), float_precision="round_trip")
+    assert list(frame.columns) == ["path", "anomaly_score", "is_anomaly"]
+    assert len(frame) == 8 and frame["path"].str.endswith(".png").all()
+    detector = anomvae.load(image_model)
+    from anomvae.images import read_images
+
+    paths, X = read_images(str(new_images), size=(8, 8), grayscale=True)
+    assert list(frame["path"]) == paths
+    np.testing.assert_array_equal(frame["anomaly_score"], -detector.score_samples(X))
+    assert "8 images" in result.stderr
+
+
+def test_scoring_images_without_heatmaps_does_not_import_scikit_learn(image_model, new_images, tmp_path):
+    assert_runs_without(["score", str(image_model), str(new_images), "-o", str(tmp_path / "s.csv"), "-q"], "sklearn")
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 8
+
+
+def test_score_options_as_for_csv(image_model, new_images, tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = invoke("score", image_model, str(new_images / "*.png"), "-o", out, "--threshold", "-1e9",
+                    "--fail-on-anomaly")
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and all(r["is_anomaly"] is True for r in records)
+    only = invoke("score", image_model, new_images, "--only-anomalies", "--threshold", "1e9")
+    assert only.exit_code == 0 and only.stdout.strip() == "path,anomaly_score,is_anomaly"
+
+
+def test_heatmaps_one_png_per_image(image_model, new_images, tmp_path):
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "maps")
+    assert result.exit_code == 0, result.output
+    maps = sorted((tmp_path / "maps").iterdir())
+    assert len(maps) == 8 and maps[0].name == "000001_0_000.png"
+    picture = Image.open(maps[0])
+    assert picture.mode == "RGB" and picture.size == (256, 256)
+    pixels = np.asarray(picture, dtype=int)
+    assert (pixels[..., 0] > pixels[..., 1]).any()  # some red where the score comes from
+
+
+def test_failed_score_adds_no_heatmap(image_model, new_images, tmp_path):
+    # The broken image comes in the second batch of two: the first batch's
+    # heatmaps were drawn before the error, and must not be left behind.
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "earlier.png").write_bytes(b"kept")
+    broken = new_images / "7_000.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "maps", "--chunk-size", "2")
+    assert_input_error(result, "7_000.png", "not a readable image")
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["earlier.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "new"]
+    # A folder the failed command would have created is not left behind either.
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "fresh", "--chunk-size", "2")
+    assert result.exit_code == 2 and not (tmp_path / "fresh").exists()
+
+
+def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "file" / "maps")
+    assert_input_error(result, "cannot write heatmaps to", "file/maps")
+
+
+@pytest.mark.parametrize("option", [["--id-column", "a"], ["--delimiter", ";"]])
+def test_csv_options_are_refused_when_scoring_images(image_model, new_images, option):
+    result = invoke("score", image_model, new_images, *option)
+    assert result.exit_code == 2 and f"{option[0]} apply to CSV data" in result.stderr and result.stdout == ""
+
+
+def test_truncated_image_is_named_or_marked(image_model, new_images, tmp_path):
+    broken = new_images / "0_002.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    result = invoke("score", image_model, new_images, "-o", tmp_path / "r.csv")
+    assert_input_error(result, "0_002.png", "not a readable image")
+    assert not (tmp_path / "r.csv").exists()
+    marked = invoke("score", image_model, new_images, "--invalid-rows", "mark")
+    assert marked.exit_code == 0, marked.output
+    frame = pd.read_csv(io.StringIO(marked.stdout), keep_default_na=False)
+    row = frame[frame["path"].str.endswith("0_002.png")].iloc[0]
+    assert row["anomaly_score"] == "" and row["status"].startswith("not scored: not a readable image")
+    assert (frame["status"] == "scored").sum() == 7
+    assert "1 not scored" in marked.stderr
+
+
+def test_empty_folder_is_an_input_error(image_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_input_error(invoke("score", image_model, tmp_path / "empty"), "no image files")
+    assert_input_error(invoke("fit", tmp_path / "empty", "-o", tmp_path / "m"), "no image files")
+
+
+def test_csv_and_image_models_refuse_the_other_input(image_model, new_images, tmp_path):
+    assert_input_error(invoke("score", image_model, TRAIN), "model of images", "is a CSV file")
+    csv_model = tmp_path / "csv.anomvae"
+    assert invoke("fit", TRAIN, "-o", csv_model, "--max-epochs", "1").exit_code == 0
+    assert_input_error(invoke("score", csv_model, new_images), "model of CSV data", "is images")
+
+
+def test_mixed_sizes_and_arrays_are_scored(image_model, new_images, tmp_path):
+    Image.fromarray(np.full((20, 13), 90, dtype=np.uint8), mode="L").save(new_images / "big.png")
+    result = invoke("score", image_model, new_images)
+    assert result.exit_code == 0 and len(pd.read_csv(io.StringIO(result.stdout))) == 9
+    data = load_digits()
+    np.save(tmp_path / "digits.npy", (data.images[:4] * 255 / 16).astype(np.uint8))
+    scored = invoke("score", image_model, tmp_path / "digits.npy")
+    frame = pd.read_csv(io.StringIO(scored.stdout))
+    assert list(frame["path"]) == [f"{tmp_path / 'digits.npy'}[{i}]" for i in range(4)]
+
+
+def test_16_bit_images_are_scored_at_full_precision(image_model, tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    # The same digit at 16 bits, once as is and once 200/65535 brighter. Its
+    # levels are multiples of 256 from 256 up, so both would be the same image
+    # at 8 bits, whether clipped to 255 (as Pillow's convert("L") does) or
+    # cut to their high byte.
+    digit = load_digits().images[0].astype(np.uint16) * 15 * 256 + 256
+    Image.fromarray(digit).save(folder / "a.png")
+    Image.fromarray(digit + 200).save(folder / "b.png")
+    result = invoke("score", image_model, folder)
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(io.StringIO(result.stdout))["anomaly_score"]
+    assert scores[0] != scores[1]
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(folder / "c.tif")
+    assert_input_error(invoke("score", image_model, folder), "c.tif", "0 to 65535")
+
+
+@pytest.fixture(scope="module")
+def bernoulli_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bernoulli")
+    rng = np.random.RandomState(0)
+    frame = pd.DataFrame((rng.rand(200, 4) > 0.5).astype(float), columns=["a", "b", "c", "d"])
+    frame.to_csv(folder / "train.csv", index=False)
+    model = folder / "m.anomvae"
+    result = invoke("fit", folder / "train.csv", "-o", model, "--likelihood", "bernoulli", *QUICK)
+    assert result.exit_code == 0, result.output
+    batch = frame.head(6).copy()
+    batch.loc[3, "c"] = 1.5  # line 5
+    batch.to_csv(folder / "batch.csv", index=False)
+    return folder, model
+
+
+def test_values_outside_the_unit_interval_are_invalid_rows_when_scoring(bernoulli_data, tmp_path):
+    folder, model = bernoulli_data
+    reason = "value 1.5 in column 'c' outside [0, 1], which likelihood='bernoulli' needs"
+    result = invoke("score", model, folder / "batch.csv", "-o", tmp_path / "out.csv")
+    assert_input_error(result, "batch.csv", "line(s) 5", reason, "--invalid-rows mark")
+    assert not (tmp_path / "out.csv").exists()
+    marked = invoke("score", model, folder / "batch.csv", "--invalid-rows", "mark")
+    assert marked.exit_code == 0, marked.output
+    out = score_frame(marked)
+    assert len(out) == 6 and out.loc[3, "status"] == f"not scored: {reason} (line 5)"
+    assert np.isnan(out.loc[3, "anomaly_score"]) and out.drop(index=3)["anomaly_score"].notna().all()
+
+
+def test_values_outside_the_unit_interval_are_invalid_rows_when_fitting(bernoulli_data, tmp_path):
+    folder, _ = bernoulli_data
+    refused = invoke("fit", folder / "batch.csv", "-o", tmp_path / "m.anomvae", "--likelihood", "bernoulli", *QUICK)
+    assert_input_error(refused, "line(s) 5", "outside [0, 1]", "--invalid-rows skip")
+    assert not (tmp_path / "m.anomvae").exists()
+    skipped = invoke("fit", folder / "batch.csv", "-o", tmp_path / "m.anomvae", "--likelihood", "bernoulli",
+                     "--invalid-rows", "skip", *QUICK)
+    assert skipped.exit_code == 0 and "skipped 1 row(s)" in skipped.stderr and "line(s) 5" in skipped.stderr
+    # The Gaussian likelihood has no such domain: the same file fits as it is.
+    assert invoke("fit", folder / "batch.csv", "-o", tmp_path / "g.anomvae", *QUICK).exit_code == 0
+
+
+def test_values_outside_the_unit_interval_are_invalid_rows_when_calibrating(bernoulli_data, tmp_path):
+    folder, model = bernoulli_data
+    refused = invoke("calibrate", model, folder / "batch.csv", "--fpr", "0.5", "-o", tmp_path / "c.anomvae")
+    assert_input_error(refused, "line(s) 5", "outside [0, 1]")
+    skipped = invoke("calibrate", model, folder / "batch.csv", "--fpr", "0.5", "-o", tmp_path / "c.anomvae",
+                     "--invalid-rows", "skip")
+    assert skipped.exit_code == 0 and "at line(s) 5" in skipped.stderr
+    assert "calibrated on 5 rows" in skipped.stderr
