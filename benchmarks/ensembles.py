@@ -1,13 +1,13 @@
 """Averaging anomvae's scores over fits with different seeds (ODDS).
 
-Reads the test scores that ``benchmarks/odds.py --scores DIR`` saved for
+Reads the test scores that ``benchmarks/tables.py --scores DIR`` saved for
 several seed offsets, and scores every split with the mean negative ELBO
 of K fits, for every choice of K offsets among those saved. Each choice is
-ranked against the peers' stored rows, as ``odds.py --compare`` does; the
+ranked against the peers' stored rows, as ``tables.py --compare`` does; the
 report gives, per K, the mean over the choices and the worst and best one.
 
     for m in 0 1 2 3 4 5; do
-        python benchmarks/odds.py --models anomvae --seed-offset $m --jobs 2 --no-docs \\
+        python benchmarks/tables.py --models anomvae --seed-offset $m --jobs 2 --no-docs \\
             --scores /tmp/scores --csv /tmp/seed$m.csv
     done
     python benchmarks/ensembles.py /tmp/scores --members 1 2 3 4
@@ -23,11 +23,11 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import odds  # noqa: E402
+import tables  # noqa: E402
 
 
 def load_scores(folder):
-    """``{(dataset, seed, offset): (scores, y)}`` from ``odds.py --scores``."""
+    """``{(dataset, seed, offset): (scores, y)}`` from ``tables.py --scores``."""
     saved = {}
     for path in sorted(Path(folder).glob("*.npz")):
         dataset, seed, offset = path.stem.rsplit("-", 2)
@@ -68,7 +68,7 @@ def evaluate(saved, peer_auc, members):
             raise ValueError(f"{k} members need {k} seed offsets; {len(offsets)} are complete: {offsets}")
         for choice in itertools.combinations(offsets, k):
             per = ensemble_metrics(saved, list(choice))
-            mean_auc, rank, iforest = odds.rank_against(peer_auc, per["roc_auc"])
+            mean_auc, rank, iforest = tables.rank_against(peer_auc, per["roc_auc"])
             rows.append({
                 "members": k, "offsets": " ".join(map(str, choice)), "mean_roc_auc": mean_auc,
                 "mean_ap": per["ap"].mean(), "mean_rank": rank, "iforest_rank": iforest,
@@ -78,10 +78,10 @@ def evaluate(saved, peer_auc, members):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scores", type=Path, help="folder written by benchmarks/odds.py --scores")
+    parser.add_argument("scores", type=Path, help="folder written by benchmarks/tables.py --scores")
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--compare", type=Path, default=odds.ROOT / "benchmarks" / "results" / "odds.csv",
-                        help="results CSV of benchmarks/odds.py whose peers' rows rank the ensembles")
+    parser.add_argument("--compare", type=Path, default=tables.ROOT / "benchmarks" / "results" / "tables.csv",
+                        help="results CSV of benchmarks/tables.py whose peers' rows rank the ensembles")
     parser.add_argument("--csv", type=Path, help="also write one row per choice of offsets here")
     args = parser.parse_args(argv)
     if min(args.members) < 1:
@@ -90,7 +90,7 @@ def main(argv=None):
         saved = load_scores(args.scores)
     except ValueError as error:
         parser.error(str(error))
-    peer_auc = odds.peer_roc_auc(args.compare)
+    peer_auc = tables.peer_roc_auc(args.compare)
     missing = sorted({d for d, _, _ in saved} - set(peer_auc.index))
     if missing:
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")

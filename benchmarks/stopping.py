@@ -2,7 +2,7 @@
 
 Each fit runs with early stopping off for ``--epochs`` epochs and records,
 after every epoch, the validation loss that early stopping watches and the
-ROC-AUC of the test part (same splits as ``benchmarks/odds.py``). Training
+ROC-AUC of the test part (same splits as ``benchmarks/tables.py``). Training
 does not depend on the stopping rule, so a rule's outcome can be replayed
 exactly from these records: the epoch it would stop at, and the weights it
 would keep (those of the lowest validation loss up to then).
@@ -37,9 +37,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import odds  # noqa: E402
+import tables  # noqa: E402
 
-RESULTS = odds.ROOT / "benchmarks" / "results"
+RESULTS = tables.ROOT / "benchmarks" / "results"
 OUTPUT = Path(tempfile.gettempdir()) / "anomvae-stopping"
 PATIENCES = (5, 10, 20, 30)
 TOLS = (1e-4, 1e-3, 3e-3, 1e-2)
@@ -82,7 +82,7 @@ def trajectory(path, seed, seed_offset, epochs, params, quick):
     from anomvae.training import TrainingOptions, fit_network
 
     torch.set_num_threads(1)
-    X_train, X_test, _, y_test = odds.load_split(path, seed, quick)
+    X_train, X_test, _, y_test = tables.load_split(path, seed, quick)
     # The fit VAEAnomalyDetector(**params) makes, watched after every epoch.
     detector = VAEAnomalyDetector(random_state=seed + 100 * seed_offset, max_epochs=epochs, n_iter_no_change=None,
                                   **params)
@@ -117,7 +117,7 @@ def evaluate(trajectories, peer_auc, warmup):
             chosen = {key: choose(fit) for key, fit in fits.items()}
             auc = pd.Series({key: fit["roc_auc"].iloc[chosen[key][0] - 1] for key, fit in fits.items()})
             auc = auc.groupby(level=0).mean()
-            mean_auc, rank, iforest = odds.rank_against(peer_auc, auc)
+            mean_auc, rank, iforest = tables.rank_against(peer_auc, auc)
             rows.append({
                 "rule": label, "seed_offset": offset, "mean_roc_auc": mean_auc, "mean_rank": rank,
                 "iforest_rank": iforest, "epochs": sum(c[1] for c in chosen.values()),
@@ -139,7 +139,8 @@ def evaluate(trajectories, peer_auc, warmup):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=odds.DEFAULT_DATA, help="folder of ODDS .npz files")
+    parser.add_argument("--data", type=Path, default=tables.DEFAULT_DATA,
+                        help="folder of .npz files (default: the ODDS suite)")
     parser.add_argument("--datasets", nargs="*", help="dataset names (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-offsets", type=int, nargs="+", default=[0],
@@ -148,8 +149,8 @@ def main(argv=None):
     parser.add_argument("--params", default="{}", help="JSON of VAEAnomalyDetector parameters")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny subset for smoke tests")
-    parser.add_argument("--compare", type=Path, default=RESULTS / "odds.csv",
-                        help="results CSV of benchmarks/odds.py whose peers' rows rank the rules")
+    parser.add_argument("--compare", type=Path, default=RESULTS / "tables.csv",
+                        help="results CSV of benchmarks/tables.py whose peers' rows rank the rules")
     parser.add_argument("--trajectories", type=Path, default=OUTPUT / "trajectories.csv",
                         help="CSV the per-epoch records are written to (default: %(default)s)")
     parser.add_argument("--csv", type=Path, default=OUTPUT / "summary.csv",
@@ -170,7 +171,7 @@ def main(argv=None):
         parser.error("--params needs a validation_fraction above 0: the records hold the validation loss")
     if args.quick:
         args.epochs = min(args.epochs, 15)
-    peer_auc = odds.peer_roc_auc(args.compare)
+    peer_auc = tables.peer_roc_auc(args.compare)
     missing = sorted({p.stem for p in paths} - set(peer_auc.index))
     if missing:
         parser.error(f"{args.compare} has no peers' rows for {', '.join(missing)}")

@@ -9,27 +9,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import odds  # noqa: E402
 import speed  # noqa: E402
+import tables  # noqa: E402
 
 # Deselect with: pytest -m "not benchmark"
 pytestmark = pytest.mark.benchmark
 
 
-@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+@pytest.mark.skipif(not tables.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
 def test_odds_benchmark_runs(tmp_path):
-    results = odds.main([
+    results = tables.main([
         "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--models", "anomvae", "iforest",
         "--csv", str(tmp_path / "odds.csv"), "--no-docs",
     ])
     assert set(results["model"]) == {"anomvae", "iforest"} and len(results) == 4
     assert results["roc_auc"].between(0, 1).all()
     assert pd.read_csv(tmp_path / "odds.csv").shape[0] == 4
-    table = odds.summarize(results)
-    assert "mean ROC-AUC" in table and "mean rank" in table
+    table = tables.summarize(results)
+    assert "| odds (2) | ROC-AUC |" in table and "| | rank |" in table and "odds, half A" in table
+    assert "| odds | wine |" in tables.per_dataset(results)
 
     # A variant run alone, ranked against the peers' stored rows.
-    variant = odds.main([
+    variant = tables.main([
         "--quick", "--datasets", "wine", "--seeds", "1", "--models", "anomvae", "--params", '{"lr": 0.01}',
         "--csv", str(tmp_path / "variant.csv"), "--no-docs", "--compare", str(tmp_path / "odds.csv"),
     ])
@@ -40,7 +41,7 @@ def test_odds_benchmark_runs(tmp_path):
     # Comparing against the file the run would overwrite is refused, file intact.
     before = (tmp_path / "odds.csv").read_bytes()
     with pytest.raises(SystemExit):
-        odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs",
+        tables.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs",
                    "--csv", str(tmp_path / "odds.csv"), "--compare", str(tmp_path / "odds.csv")])
     assert (tmp_path / "odds.csv").read_bytes() == before
 
@@ -50,7 +51,7 @@ def test_odds_split_follows_the_protocol():
 
     X = np.arange(2000.0).reshape(1000, 2)
     y = (np.arange(1000) % 10 == 0).astype(int)
-    X_train, X_test, y_train, y_test = odds.split(X, y, seed=0, cap=200)
+    X_train, X_test, y_train, y_test = tables.split(X, y, seed=0, cap=200)
     assert len(X_train) == 200 and len(X_test) == 200  # capped
     assert y_train.mean() == pytest.approx(0.1, abs=0.01) and y_test.mean() == pytest.approx(0.1, abs=0.01)
     assert not set(map(tuple, X_train)) & set(map(tuple, X_test))
@@ -63,20 +64,20 @@ def test_odds_seed_average_is_the_mean_of_its_members_scores():
 
     X = np.random.RandomState(0).normal(size=(120, 3))
     params = {"max_epochs": 2, "n_iter_no_change": None, "validation_fraction": 0.0}
-    average, scorer = odds.make_detector("anomvae", 1, params, members=2, seed_offset=1)
+    average, scorer = tables.make_detector("anomvae", 1, params, members=2, seed_offset=1)
     assert [d.random_state for d in average.detectors] == [101, 201]
     singles = [VAEAnomalyDetector(random_state=r, **params).fit(X) for r in (101, 201)]
     expected = -(singles[0].score_samples(X) + singles[1].score_samples(X)) / 2
     np.testing.assert_allclose(scorer(average.fit(X), X), expected, rtol=1e-12)
     assert average.n_epochs_ == 4
-    single, _ = odds.make_detector("anomvae", 1, params, seed_offset=2)
+    single, _ = tables.make_detector("anomvae", 1, params, seed_offset=2)
     assert single.random_state == 201
 
 
 @pytest.mark.parametrize("extra", [["--members", "2"], ["--seed-offset", "1", "--no-docs"]])
 def test_odds_keeps_seed_studies_out_of_the_defaults_report(extra, capsys):
     with pytest.raises(SystemExit):
-        odds.main(["--models", "anomvae", *extra])
+        tables.main(["--models", "anomvae", *extra])
     assert "need --no-docs and a --csv of their own" in capsys.readouterr().err
 
 
@@ -112,7 +113,7 @@ def test_stopping_replay_matches_a_fit_that_stops_early():
     assert stopping.replay(losses, 4, 0.01, 2) == (6, 8, True)
 
 
-@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+@pytest.mark.skipif(not tables.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
 def test_stopping_benchmark_runs(tmp_path):
     import stopping
 
@@ -138,13 +139,13 @@ def test_stopping_benchmark_runs(tmp_path):
         stopping.main(["--quick", "--datasets", "wine", "--params", '{"max_epochs": 5}'])
 
 
-@pytest.mark.skipif(not odds.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
+@pytest.mark.skipif(not tables.DEFAULT_DATA.exists(), reason="the shared ODDS datasets are not beside the checkout")
 def test_ensembles_average_saved_scores(tmp_path, capsys):
     import ensembles
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    runs = [odds.main([
+    runs = [tables.main([
         "--quick", "--datasets", "wine", "glass", "--seeds", "1", "--models", "anomvae", "--no-docs",
         "--seed-offset", str(m), "--scores", str(tmp_path / "scores"), "--csv", str(tmp_path / f"{m}.csv"),
     ]) for m in (0, 1)]
@@ -167,13 +168,13 @@ def test_ensembles_average_saved_scores(tmp_path, capsys):
         ensembles.main([str(tmp_path / "scores"), "--members", "2"])
     assert "2 members need 2 seed offsets; 1 are complete: [0]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        odds.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
+        tables.main(["--quick", "--datasets", "wine", "--models", "anomvae", "--no-docs", "--members", "2",
                    "--scores", str(tmp_path / "s2"), "--csv", str(tmp_path / "m.csv")])
     assert "--scores saves single fits' scores" in capsys.readouterr().err
     # The folder keeps one variant's scores: fits with other --params are refused before they run.
     before = sorted(p.name for p in (tmp_path / "scores").iterdir())
     with pytest.raises(SystemExit):
-        odds.main(["--quick", "--datasets", "wine", "--seeds", "1", "--models", "anomvae", "--no-docs",
+        tables.main(["--quick", "--datasets", "wine", "--seeds", "1", "--models", "anomvae", "--no-docs",
                    "--seed-offset", "2", "--params", '{"trim_by": "loss"}',
                    "--scores", str(tmp_path / "scores"), "--csv", str(tmp_path / "2.csv")])
     assert '--params {"max_epochs": 3}, not {"max_epochs": 3, "trim_by": "loss"}' in capsys.readouterr().err
