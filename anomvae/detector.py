@@ -171,7 +171,8 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
            A :class:`~anomvae.history.TrainingHistory` with one list per
            field (``history_.val_loss``) instead of a dict.
     n_epochs_, best_epoch_, batch_size_ : int
-        Epochs run, the epoch whose weights were kept, rows per step.
+        Epochs run, the epoch whose weights were kept, rows per step
+        (``batch_size_`` is None in models from files that predate it).
     n_refit_excluded_ : int or None
         Rows the ``refit_inliers`` refit left out (0: none flagged, or too
         few left, and the first network was kept); None without a refit.

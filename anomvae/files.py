@@ -8,6 +8,7 @@ replaces keeps its permissions; a new one gets the umask's. Problems are
 """
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -15,6 +16,10 @@ import sys
 import tempfile
 
 from .errors import OutputError
+
+# What writing to the file itself can fail with: storage full, file too
+# large, quota, I/O error, read-only file system.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 
 def _cannot_write(path, exc):
@@ -54,13 +59,19 @@ def atomic_write(path, mode="w"):
         fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
-    handle = os.fdopen(fd, mode, newline=newline)
+    handle = None
     try:
+        handle = os.fdopen(fd, mode, newline=newline)
         with contextlib.suppress(OSError):  # some file systems keep no permissions
             os.fchmod(handle.fileno(), replacement_mode(path))
-        yield handle
-        # Errors of the caller's block pass through as they are; these are
-        # the writer's own (a full disk shows at the latest here).
+        try:
+            yield handle
+        except OSError as exc:
+            # The file itself could not take the data (a full disk, a size
+            # limit); other errors of the caller's block pass through.
+            if exc.errno in _STORAGE_ERRORS and not isinstance(exc, OutputError):
+                raise _cannot_write(path, exc) from None
+            raise
         try:
             handle.flush()
             os.fsync(handle.fileno())
@@ -70,7 +81,10 @@ def atomic_write(path, mode="w"):
             raise _cannot_write(path, exc) from None
     except BaseException:
         with contextlib.suppress(OSError):
-            handle.close()
+            if handle is None:
+                os.close(fd)
+            else:
+                handle.close()
         _remove(tmp)
         raise
 

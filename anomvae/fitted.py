@@ -26,6 +26,8 @@ def numpy_rng(seed):
     untouched."""
     if seed is None:
         return np.random.RandomState()
+    if seed is np.random:
+        return np.random.mtrand._rand  # numpy's global generator, as check_random_state gives it
     if isinstance(seed, np.random.RandomState):
         return seed
     if isinstance(seed, numbers.Integral):
@@ -62,7 +64,8 @@ class FittedVAE:
     """
 
     def _check_fitted(self):
-        """Raise NotFittedError unless the model is fitted."""
+        """Raise NotFittedError unless the model is fitted (a model loaded
+        from a file always is)."""
 
     def _validate_input(self, X):
         raise NotImplementedError
@@ -267,7 +270,7 @@ class FittedVAE:
         if Z.shape[1] != self.latent_dim_:
             raise ValueError(
                 f"Z has {Z.shape[1]} columns, but the latent space of this "
-                f"VAEAnomalyDetector has {self.latent_dim_} dimensions"
+                f"{type(self).__name__} has {self.latent_dim_} dimensions"
             )
         return self._decode_means(Z.astype(np.float32))
 

@@ -84,17 +84,18 @@ FIELDS = (
     Field("history_", _history_to_json, _history_from_json),
     Field("n_epochs_", int, int),
     Field("best_epoch_", int, int),
-    Field("batch_size_", int, int),
+    Field("batch_size_", _optional(int), _optional(int)),
     Field("n_refit_excluded_", _optional(int), _optional(int)),
     Field("device_", str, str),
     Field("network_config_", NetworkConfig.to_dict, NetworkConfig.from_dict, key="module_config"),
 )
 
 # Stored fitted attributes that older files lack, and what they mean there:
-# no calibration, no refit, not an image model, no training scores kept.
+# no calibration, no refit, not an image model, no training scores kept,
+# batch size not recorded.
 _ADDED_LATER = {
     "training_scores_": [], "reference_scores_": None, "calibration_fpr_": None,
-    "image_shape_": None, "n_refit_excluded_": None,
+    "image_shape_": None, "n_refit_excluded_": None, "batch_size_": None,
 }
 
 
@@ -162,6 +163,8 @@ def migrate(metadata):
     :func:`decode_fitted` to reject."""
     metadata = copy.deepcopy(metadata)
     params, fitted = metadata["params"], metadata["fitted"]
+    # The first files of format 1 predate trimming: every row was trained on.
+    params.setdefault("trim_fraction", 0.0)
     # Before trim_by existed (formats 1 and 2), batches were trimmed by the loss.
     params.setdefault("trim_by", "loss")
     # Before the architecture option existed, every network was an MLP.

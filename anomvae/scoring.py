@@ -64,8 +64,8 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     explain_top : int, default=0
         When positive, add an ``explanation`` of each flagged row: its
         ``explain_top`` largest feature contributions (see
-        :func:`anomvae.explain.explain`); needs a model with
-        ``inverse_transform``.
+        :func:`anomvae.explain.explain`); needs a
+        :class:`~anomvae.VAEAnomalyDetector` (its ``transform``).
     summary_top : int, default=10
         How many of the highest-scoring rows the summary lists.
     shift_test : bool, default=True

@@ -215,7 +215,8 @@ def to_numeric(frame, columns, *, name):
 
     A value that is not a number raises :class:`DataError` naming the column,
     line and value. Empty cells, NaN and infinities are kept (as NaN or inf)
-    for the caller to handle with :func:`invalid_rows`.
+    for the caller to handle (see
+    :meth:`anomvae.preprocessing.Standardizer.unusable_rows`).
     """
     block = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):

@@ -144,7 +144,7 @@ def parse_variant(text):
     from anomvae import VAEAnomalyDetector
 
     try:
-        VAEAnomalyDetector(**params)._validate_params()
+        VAEAnomalyDetector(**params).check_params()
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}")
     return name, params

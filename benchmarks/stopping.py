@@ -48,7 +48,7 @@ TOLS = (1e-4, 1e-3, 3e-3, 1e-2)
 def replay(val_loss, patience, tol, warmup):
     """The epochs a stopping rule keeps and stops at, from a trajectory.
 
-    Mirrors ``VAEAnomalyDetector._train``: epochs before ``warmup`` are not
+    Mirrors :class:`anomvae.training.EarlyStopping`: epochs before ``warmup`` are not
     monitored; an epoch is stale unless its loss beats the best so far by
     more than ``tol * |best|``; training stops after ``patience`` stale
     epochs in a row, keeping the weights of the lowest loss seen.

@@ -1,7 +1,7 @@
 """Shared test data, fitted models and helpers.
 
-Every fixture that trains a model is session-scoped: each model is trained
-once per run, whichever test files use it. Test files import the plain
+Fixtures that train a model shared across files are session-scoped, so
+each is trained once per run; cheap data fixtures are module-scoped. Test files import the plain
 helpers and constants with ``from conftest import ...``.
 """
 

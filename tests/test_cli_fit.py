@@ -12,7 +12,7 @@ from conftest import IMAGE_QUICK, QUICK, TRAIN, assert_input_error, invoke
 import anomvae
 from anomvae.cli import main
 from anomvae.cli import options as cli_options
-from anomvae.cli.fit import refit_note as _refit_note
+from anomvae.cli.options import refit_note as _refit_note
 from anomvae.detector import VAEAnomalyDetector
 from anomvae.persistence import read_metadata
 

@@ -53,3 +53,18 @@ def test_staged_folder_adds_files_only_on_success(tmp_path):
     assert os.listdir(target) == ["a.png"]
     with staged_folder(None) as nothing:
         assert nothing is None
+
+
+def test_a_full_disk_while_writing_is_an_output_error(tmp_path):
+    import errno
+
+    target = tmp_path / "out.csv"
+    with pytest.raises(OutputError, match=r"cannot write .*out.csv: No space left on device"):
+        with atomic_write(target) as handle:
+            handle.write("part")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(tmp_path) == []
+    # Other errors of the block are not the file's and pass through as they are.
+    with pytest.raises(PermissionError):
+        with atomic_write(target):
+            raise PermissionError(errno.EACCES, "an input file")

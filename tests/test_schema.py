@@ -143,3 +143,18 @@ def test_decode_refuses_arrays_that_do_not_fit_the_network(fitted):
     stored["scale_"] = stored["scale_"][:-1]
     with pytest.raises(ValueError, match="scale_ holds 7 values for 8 features"):
         schema.decode_fitted(stored)
+
+
+def test_the_first_model_files_load_and_score_as_they_did():
+    # Written by anomvae at commit fb93381, the first with model files (format
+    # 1): no batch size, calibration, refit or trimming recorded yet. Its
+    # scores ("scores") differ from today's in float32's last bits, as they
+    # did for anomvae 0.2.0 ("scores_0_2", which it gave for this file).
+    expected = np.load(DATA / "format1-first-expected.npz")
+    path = DATA / "format1-first.anomvae"
+    for loaded in (anomvae.load(path), load_for_scoring(path)):
+        np.testing.assert_array_equal(loaded.score_samples(expected["X"]), expected["scores_0_2"])
+        np.testing.assert_allclose(loaded.score_samples(expected["X"]), expected["scores"], rtol=1e-6)
+        assert loaded.batch_size_ is None and loaded.reference_scores_ is None
+    params = anomvae.load(path).get_params()
+    assert params["trim_fraction"] == 0.0 and params["trim_by"] == "loss" and params["min_variance"] == 1e-3

@@ -174,14 +174,6 @@ def main():
 
 
 
-def load_model(path, *, scoring_only=False):
-    """A model file's model and metadata (see
-    :func:`anomvae.persistence.load_with_metadata`)."""
-    from ..persistence import load_with_metadata
-
-    return load_with_metadata(path, scoring_only=scoring_only)
-
-
 def model_kind(metadata):
     """``"images"`` for a model ``anomvae fit`` trained on images, else ``"csv"``."""
     return metadata.get("extra", {}).get("input", "csv")

@@ -13,6 +13,8 @@ from .options import (
     estimator_options,
     estimator_params,
     progress,
+    refit_note,
+    refuse_csv_options,
     report_warnings,
 )
 
@@ -93,15 +95,6 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows,
         )
 
 
-def refuse_csv_options(ctx, names, data):
-    """A usage error naming the CSV-only options given for image data,
-    which would otherwise be ignored without a word."""
-    given = [name for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-    if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{options} apply to CSV data; {data} is read as images")
-
-
 def _fit_images(detector, data, output, image_size, grayscale, quiet):
     from .. import images
 
@@ -129,15 +122,6 @@ def _fit_images(detector, data, output, image_size, grayscale, quiet):
             f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
-
-
-def refit_note(n_excluded, refit_inliers):
-    """What ``refit_inliers`` did, for the fit and info summaries ('' when no refit was asked for)."""
-    if n_excluded is None:
-        return ", no refit (auto: batches not trimmed)" if refit_inliers == "auto" else ""
-    if n_excluded == 0:
-        return ", no refit (the first network flagged no rows, or too many to train on)"
-    return f", after a refit without the {n_excluded} rows the first network flagged"
 
 
 def _train_and_save(detector, X, output, extra, quiet):

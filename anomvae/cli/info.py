@@ -3,11 +3,9 @@
 import json
 
 import click
-import numpy as np
 
 from .app import input_errors, main, model_kind
-from .fit import refit_note
-from .options import COLORS
+from .options import COLORS, refit_note
 
 
 @main.command()
@@ -71,7 +69,8 @@ def describe(path, metadata):
         # Per feature, in standardised units; None unless the likelihood is Gaussian.
         "variance_floors": _variance_floors(fitted)[0],
         "device": fitted.get("device_"),
-        "params": metadata["params"],
+        # trim_by first: the key order info --json has always had.
+        "params": {"trim_by": metadata["params"].get("trim_by"), **metadata["params"]},
         "training": {
             **metadata.get("extra", {}).get("training", {}),
             "epochs": fitted.get("n_epochs_"),
@@ -122,7 +121,7 @@ def _text(summary, *, floors_readable=True):
     if not floors_readable:
         lines.append("variance:   unreadable (the network configuration is damaged)")
     elif floors is not None:
-        lines.append(floors_line(np.asarray(floors)))
+        lines.append(floors_line(floors))
     lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
     return lines
 
@@ -135,7 +134,11 @@ def _number(value, spec):
 def floors_line(floors):
     """The Gaussian likelihood's variance floors (standardised units) in a
     line: the common one, and the range of those a value grid raised."""
+    import numpy as np
+
     from ..preprocessing import DEFAULT_MIN_VARIANCE
+
+    floors = np.asarray(floors)
 
     def span(values):
         low, high = values.min(), values.max()

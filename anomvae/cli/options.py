@@ -183,3 +183,21 @@ DATA = Data()
 IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
 # The colour mode of an image model's channel count, as fit records it.
 COLORS = {1: "grayscale", 3: "rgb"}
+
+
+def refuse_csv_options(ctx, names, data):
+    """A usage error naming the CSV-only options given for image data,
+    which would otherwise be ignored without a word."""
+    given = [name for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{options} apply to CSV data; {data} is read as images")
+
+
+def refit_note(n_excluded, refit_inliers):
+    """What ``refit_inliers`` did, for the fit and info summaries ('' when no refit was asked for)."""
+    if n_excluded is None:
+        return ", no refit (auto: batches not trimmed)" if refit_inliers == "auto" else ""
+    if n_excluded == 0:
+        return ", no refit (the first network flagged no rows, or too many to train on)"
+    return f", after a refit without the {n_excluded} rows the first network flagged"

@@ -7,9 +7,8 @@ import os
 
 import click
 
-from .app import EXIT_ANOMALIES, InputError, input_errors, load_model, main, model_kind
-from .fit import refuse_csv_options
-from .options import DATA
+from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
+from .options import DATA, refuse_csv_options
 
 
 @main.command()
@@ -55,7 +54,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     """
     from ..files import atomic_write
     from ..images import is_image_source
-    from ..persistence import read_metadata
+    from ..persistence import load_with_metadata, read_metadata
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
@@ -73,7 +72,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     if image_model and (explain_top or summary_json):
         raise click.UsageError("--explain and --summary-json apply to tabular models only")
     # Scores alone need only the network: skip importing scikit-learn.
-    detector, metadata = load_model(model, scoring_only=not (heatmaps or explain_top))
+    detector, metadata = load_with_metadata(model, scoring_only=not (heatmaps or explain_top))
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold
@@ -141,11 +140,11 @@ def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
     The new threshold flags a fraction FPR of such rows, and 'anomvae score'
     adds a 'p_value' column. DATA should not be the training data.
     """
-    from ..persistence import save
+    from ..persistence import load_with_metadata, save
     from ..scoring import feature_names
     from ..tables import display_name, lines_text, read_feature_rows
 
-    detector, metadata = load_model(model)
+    detector, metadata = load_with_metadata(model)
     X, skipped = read_feature_rows(data, feature_names(detector), detector.standardizer_, delimiter=delimiter,
                                    skip_invalid=invalid_rows == "skip")
     name = display_name(data)
