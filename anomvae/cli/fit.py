@@ -8,8 +8,8 @@ from .app import InputError, input_errors, main
 from .options import (
     DATA,
     IMAGE_DEFAULTS,
+    CommaList,
     ImageSize,
-    Names,
     estimator_options,
     estimator_params,
     progress,
@@ -22,8 +22,8 @@ from .options import (
 @main.command()
 @click.argument("data", type=DATA)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
-@click.option("--columns", type=Names(), help="Feature columns to use (default: every numeric column).")
-@click.option("--exclude", type=Names(), default=(), help="Columns to leave out of the features.")
+@click.option("--columns", type=CommaList(), help="Feature columns to use (default: every numeric column).")
+@click.option("--exclude", type=CommaList(), default=(), help="Columns to leave out of the features.")
 @click.option("--id-column", multiple=True, help="Column that identifies a row; kept out of training and "
               "copied to score output. Repeatable.")
 @click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")

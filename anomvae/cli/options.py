@@ -27,25 +27,20 @@ class AutoOr(click.ParamType):
             self.fail(f"{value!r} is not {' or '.join(self.words)} or a number", param, ctx)
 
 
-class IntTuple(click.ParamType):
-    name = "N,N,..."
+class CommaList(click.ParamType):
+    """A comma-separated list, as a tuple of ``kind`` (``str`` or ``int``)."""
+
+    def __init__(self, kind=str):
+        self.kind = kind
+        self.name = "N,N,..." if kind is int else "NAME,NAME,..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(int(part) for part in value.split(",") if part.strip())
+            return tuple(self.kind(part.strip()) for part in value.split(",") if part.strip())
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
-
-
-class Names(click.ParamType):
-    name = "NAME,NAME,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 # Every VAEAnomalyDetector hyperparameter, as (parameter, click type, default,
@@ -54,7 +49,7 @@ class Names(click.ParamType):
 ESTIMATOR_OPTIONS = [
     ("latent_dim", AutoOr(int, {"auto": "auto"}), "auto",
      "Latent size; auto = ceil(sqrt(n_features)) in [2, 32] (conv: ceil(sqrt(H*W)/2))."),
-    ("hidden_dims", IntTuple(), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
+    ("hidden_dims", CommaList(int), (64, 32), "Encoder hidden widths, e.g. 64,32; mirrored by the decoder."),
     ("likelihood", click.Choice(["gaussian", "bernoulli", "continuous_bernoulli"]), "gaussian",
      "Observation model p(x|z) [image fits: bernoulli unless given]."),
     ("min_variance", AutoOr(float, {"auto": "auto"}), "auto", "Floor of the Gaussian likelihood's "
