@@ -325,8 +325,8 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self.device_ = resolve_device(self.device)
         n_train, converged = self._fit_network(X, numpy_rng(self.random_state))
         scores = self._score_samples(X)
-        threshold = calibration.contamination_threshold(-scores, self.contamination)
-        keep = refit_rows(-scores, threshold, self.refit_inliers, self._training_options(),
+        self.threshold_ = calibration.contamination_threshold(-scores, self.contamination)
+        keep = refit_rows(-scores, self.threshold_, self.refit_inliers, self._training_options(),
                           batch_size=self.batch_size_, n_train=n_train)
         self.n_refit_excluded_ = None if keep is None else 0
         keep = None if keep is None or keep.all() or keep.sum() < 2 else keep
@@ -339,13 +339,13 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
                       f"({self.n_epochs_} epochs) flags")
             _, converged = self._fit_network(X[keep], numpy_rng(self.random_state))
             scores = self._score_samples(X)
+            self.threshold_ = calibration.contamination_threshold(-scores, self.contamination)
             if not converged:
                 self._warn_not_converged("")
         self.training_scores_ = calibration.subsample_sorted(-scores, MAX_STORED_TRAINING_SCORES)
         # A new fit makes any earlier calibration meaningless.
         self.reference_scores_ = None
         self.calibration_fpr_ = None
-        self.threshold_ = calibration.contamination_threshold(-scores, self.contamination)
         self.offset_ = -self.threshold_
         return self
 

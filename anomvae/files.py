@@ -17,9 +17,9 @@ import tempfile
 
 from .errors import OutputError
 
-# What writing to the file itself can fail with: storage full, file too
-# large, quota, I/O error, read-only file system.
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+# What only writing can fail with: storage full, file too large, quota,
+# read-only file system (not EIO, which reading an input can raise too).
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 def _cannot_write(path, exc):

@@ -20,19 +20,14 @@ from .schema import set_fitted
 
 
 def numpy_rng(seed):
-    """A numpy RandomState from ``seed`` as scikit-learn's
-    ``check_random_state`` makes one, except that None gives a generator
-    seeded from the OS rather than numpy's global one, which is left
-    untouched."""
+    """scikit-learn's ``check_random_state``, except that None gives a
+    generator seeded from the OS rather than numpy's global one, which is
+    left untouched."""
     if seed is None:
         return np.random.RandomState()
-    if seed is np.random:
-        return np.random.mtrand._rand  # numpy's global generator, as check_random_state gives it
-    if isinstance(seed, np.random.RandomState):
-        return seed
-    if isinstance(seed, numbers.Integral):
-        return np.random.RandomState(seed)
-    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
+    from sklearn.utils import check_random_state
+
+    return check_random_state(seed)
 
 
 def restore_network(config, weights, device):
