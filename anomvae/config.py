@@ -6,10 +6,23 @@ the functions below resolve the estimator's ``"auto"`` choices into it.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 
 import numpy as np
+
+from .errors import quote
+
+ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
+# Bounds on a network, far above any useful one: a model file describing
+# more is refused before anything is allocated for it.
+MAX_FEATURES = 10_000_000
+MAX_WIDTH = 65_536
+MAX_HIDDEN_LAYERS = 32
+# Latent draws per row at scoring time: beyond a few thousand the score's
+# Monte Carlo noise is far below any threshold's precision.
+MAX_SCORE_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,28 @@ class NetworkConfig:
     image_shape: tuple = None
 
     def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {quote(self.architecture)} is not one of {', '.join(ARCHITECTURES)}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood {quote(self.likelihood)} is not one of {', '.join(LIKELIHOODS)}")
+        _check_count("n_features", self.n_features, MAX_FEATURES)
+        _check_count("latent_dim", self.latent_dim, MAX_WIDTH)
+        _check_count("n_score_samples", self.n_score_samples, MAX_SCORE_SAMPLES)
+        if len(self.hidden_dims) > MAX_HIDDEN_LAYERS:
+            raise ValueError(f"hidden_dims has {len(self.hidden_dims)} layers; at most {MAX_HIDDEN_LAYERS} are allowed")
+        for width in self.hidden_dims:
+            _check_count("a hidden_dims width", width, MAX_WIDTH)
+        if self.min_variance is not None and not all(
+            isinstance(v, float) and math.isfinite(v) and v > 0 for v in self.min_variance
+        ):
+            raise ValueError("min_variance must hold positive finite numbers")
+        if self.architecture == "conv" and self.image_shape is None:
+            raise ValueError("a conv network needs an image_shape")
+        if self.image_shape is not None:
+            if len(self.image_shape) != 3:
+                raise ValueError(f"image_shape {quote(list(self.image_shape))} is not (channels, height, width)")
+            for side in self.image_shape:
+                _check_count("an image_shape entry", side, MAX_FEATURES)
         if self.min_variance is not None and len(self.min_variance) != self.n_features:
             raise ValueError(f"min_variance holds {len(self.min_variance)} values for {self.n_features} features")
         if self.image_shape is not None and math.prod(self.image_shape) != self.n_features:
@@ -51,18 +86,25 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """A configuration from its JSON form (:meth:`to_dict`)."""
+        """A configuration from its JSON form (:meth:`to_dict`), checked:
+        ValueError names the first entry of the wrong type or out of bounds."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{quote(values)} is not a mapping")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown entries {quote(unknown)}")
         floors = values.get("min_variance")
         shape = values.get("image_shape")
         return cls(
-            architecture=str(values["architecture"]),
-            n_features=int(values["n_features"]),
-            hidden_dims=tuple(int(h) for h in values["hidden_dims"]),
-            latent_dim=int(values["latent_dim"]),
-            likelihood=str(values["likelihood"]),
-            n_score_samples=int(values["n_score_samples"]),
-            min_variance=None if floors is None else tuple(float(v) for v in floors),
-            image_shape=None if shape is None else tuple(int(v) for v in shape),
+            architecture=_typed(values, "architecture", str),
+            n_features=_typed(values, "n_features", int),
+            hidden_dims=tuple(_typed(values, "hidden_dims", list, item=int)),
+            latent_dim=_typed(values, "latent_dim", int),
+            likelihood=_typed(values, "likelihood", str),
+            n_score_samples=_typed(values, "n_score_samples", int),
+            min_variance=None if floors is None else tuple(
+                float(v) for v in _typed(values, "min_variance", list, item=(int, float))),
+            image_shape=None if shape is None else tuple(_typed(values, "image_shape", list, item=int)),
         )
 
     def to_dict(self):
@@ -83,6 +125,28 @@ class NetworkConfig:
             channels, sizes = conv_plan(self.image_shape)
             widths += [c * h * w for c, (h, w) in zip(channels, sizes)]
         return widths
+
+
+def _is(value, kind):
+    """``isinstance``, except that a bool is not a number here."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _typed(values, key, kind, item=None):
+    """``values[key]``, which must be a ``kind`` (of ``item`` entries)."""
+    if key not in values:
+        raise ValueError(f"no {key}")
+    value = values[key]
+    kinds = (list, tuple) if kind is list else kind
+    if not _is(value, kinds) or (item is not None and not all(_is(v, item) for v in value)):
+        what = f"a list of {item.__name__ if isinstance(item, type) else 'number'}s" if item else kind.__name__
+        raise ValueError(f"{key} {quote(value)} is not {what}")
+    return value
+
+
+def _check_count(name, value, maximum):
+    if not _is(value, Integral) or not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer from 1 to {maximum}, got {quote(value)}")
 
 
 def conv_plan(image_shape):

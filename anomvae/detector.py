@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration
+from .config import MAX_HIDDEN_LAYERS, MAX_SCORE_SAMPLES, MAX_WIDTH
 from .fitted import FittedVAE, numpy_rng, restore_network
 from .preprocessing import Standardizer, check_domain
 from .schema import migrate_pickled_state
@@ -41,9 +42,9 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         with ``architecture="conv"`` ``ceil(sqrt(height * width) / 2)``,
         clipped to [2, 32].
     hidden_dims : tuple of int, default=(64, 32)
-        Widths of the encoder's hidden layers; the decoder mirrors them.
-        With ``architecture="conv"``, the dense layers between the
-        convolutional features and the latent code.
+        Widths of the encoder's hidden layers (at most 32, each at most
+        65536); the decoder mirrors them. With ``architecture="conv"``, the
+        dense layers between the convolutional features and the latent code.
     likelihood : {"gaussian", "bernoulli", "continuous_bernoulli"}, \
             default="gaussian"
         Observation model p(x|z). ``"gaussian"``: the decoder gives each
@@ -108,9 +109,9 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         Smallest relative decrease of the monitored loss that counts as an
         improvement (below ``best - tol * abs(best)``).
     n_score_samples : int, default=8
-        Monte-Carlo samples of z per row when scoring. The standard normal
-        draws are fixed at fit time and shared by all rows, so scores are
-        deterministic.
+        Monte-Carlo samples of z per row when scoring, at most 10000. The
+        standard normal draws are fixed at fit time and shared by all rows,
+        so scores are deterministic.
     contamination : "auto" or float, default="auto"
         Sets the decision threshold. A float in (0, 0.5] flags that fraction
         of the training rows; ``"auto"`` flags a row whose negative ELBO
@@ -211,7 +212,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
     array([ 1, -1])
     """
     _parameter_constraints = {
-        "latent_dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "latent_dim": [Interval(Integral, 1, MAX_WIDTH, closed="both"), StrOptions({"auto"})],
         "hidden_dims": [tuple, list],
         "likelihood": [StrOptions({"gaussian", "bernoulli", "continuous_bernoulli"})],
         "min_variance": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
@@ -229,7 +230,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "n_score_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_score_samples": [Interval(Integral, 1, MAX_SCORE_SAMPLES, closed="both")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "standardize": ["boolean", StrOptions({"auto"})],
         "score_bound": [StrOptions({"elbo", "iwae"})],
@@ -300,8 +301,10 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self._check_hidden_dims()
 
     def _check_hidden_dims(self):
-        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in self.hidden_dims):
-            raise ValueError(f"hidden_dims must hold positive integers, got {self.hidden_dims!r}")
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
+                   for h in self.hidden_dims) or len(self.hidden_dims) > MAX_HIDDEN_LAYERS:
+            raise ValueError(f"hidden_dims must hold at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_WIDTH}, "
+                             f"got {self.hidden_dims!r:.80}")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -358,21 +361,17 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         self.network_config_, self.module_ = net.config, net.module
         self.min_variance_ = net.config.variance_floors()
         self.latent_dim_, self.image_shape_ = net.config.latent_dim, net.config.image_shape
-        result = net.training
-        self.history_, self.n_epochs_, self.best_epoch_ = result.history, result.n_epochs, result.best_epoch
-        self.batch_size_ = result.batch_size
-        return net.n_train, result.converged
+        run = net.training
+        self.history_, self.n_epochs_, self.best_epoch_, self.batch_size_ = (
+            run.history, run.n_epochs, run.best_epoch, run.batch_size)
+        return net.n_train, run.converged
 
     def _training_options(self):
         return TrainingOptions.from_params(self.get_params(deep=False))
 
     def _warn_not_converged(self, which):
-        warnings.warn(
-            f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the "
-            f"validation loss stopped improving{which}; consider a larger max_epochs.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"VAEAnomalyDetector reached max_epochs={self.max_epochs} before the validation loss "
+                      f"stopped improving{which}; consider a larger max_epochs.", ConvergenceWarning, stacklevel=2)
 
     def _check_fitted(self):
         check_is_fitted(self)

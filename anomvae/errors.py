@@ -20,3 +20,14 @@ class ModelFileError(AnomvaeError, ValueError):
 
 class OutputError(AnomvaeError, OSError):
     """A result, summary or model file that cannot be written."""
+
+
+def quote(value, limit=80):
+    """``repr(value)`` for an error message, cut to about ``limit``
+    characters (saying how long the whole was), so that a huge value in a
+    damaged file or a bad cell cannot flood the message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, (str, bytes)) else f"{len(text)} characters as text"
+    return f"{text[:limit - 3]}... ({size})"

@@ -93,7 +93,10 @@ class GaussianLikelihood(_Likelihood):
 
     def __init__(self, n_features, min_variance=DEFAULT_MIN_VARIANCE):
         super().__init__()
-        floor = torch.as_tensor(min_variance, dtype=torch.float64)
+        # On the CPU even where the network is built elsewhere: on torch's
+        # meta device (see state_shapes) these few element-wise operations
+        # would first import torch's compiler, most of a second.
+        floor = torch.as_tensor(min_variance, dtype=torch.float64, device="cpu")
         if floor.dim() == 0:
             floor = floor.expand(n_features)
         if floor.shape != (n_features,):
@@ -332,3 +335,13 @@ def build_vae(config):
     else:
         raise ValueError(f"unknown likelihood {config.likelihood!r}")
     return VAE(encoder, decoder, likelihood, latent_dim, config.n_score_samples, max(config.inner_widths()))
+
+
+def state_shapes(config):
+    """The tensor names and shapes of the ``state_dict`` of
+    ``build_vae(config)``, found without allocating them (the network is
+    built on torch's ``meta`` device), so that a model file's weights can be
+    checked against the network it describes before that is built."""
+    with torch.device("meta"):
+        module = build_vae(config)
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}

@@ -16,12 +16,14 @@ does not know.
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
 
 from .config import NetworkConfig
+from .errors import quote
 from .history import TrainingHistory
 from .preprocessing import DEFAULT_MIN_VARIANCE
 
@@ -33,12 +35,63 @@ def _floats(values):
     return [float(v) for v in values]
 
 
-def _array(values):
-    return np.asarray(values, dtype=np.float64)
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _optional(encode):
-    return lambda value: None if value is None else encode(value)
+def _number(value):
+    """A finite number from a file: the wrong type or NaN/infinity is refused."""
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{quote(value)} is not a finite number")
+    return float(value)
+
+
+def _count(minimum):
+    def decode(value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{quote(value)} is not an integer of at least {minimum}")
+        return value
+    return decode
+
+
+def _array(values, positive=False):
+    """Finite numbers from a file (and positive ones where scales are)."""
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        raise ValueError(f"{quote(values)} is not a list of numbers")
+    array = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(array) | (array <= 0 if positive else False)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{quote(values[i])} at position {i} is not a {'positive ' * positive}finite number")
+    return array
+
+
+def _fpr(value):
+    if not 0 < _number(value) < 1:
+        raise ValueError(f"{quote(value)} is not a rate between 0 and 1")
+    return float(value)
+
+
+def _names(values):
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{quote(values)} is not a list of names")
+    return np.asarray(values, dtype=object)
+
+
+def _shape(values):
+    if not isinstance(values, list) or len(values) != 3:
+        raise ValueError(f"{quote(values)} is not (channels, height, width)")
+    return tuple(_count(1)(v) for v in values)
+
+
+def _device(value):
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d{1,3})?|mps", value):
+        raise ValueError(f"{quote(value)} is not cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _optional(decode):
+    return lambda value: None if value is None else decode(value)
 
 
 def _history_to_json(history):
@@ -48,6 +101,12 @@ def _history_to_json(history):
 
 def _history_from_json(values):
     values = values or {}
+    names = TrainingHistory.names()
+    if not isinstance(values, dict) or not set(values) <= set(names):
+        raise ValueError(f"{quote(values)} is not a mapping of {', '.join(names)}")
+    for key, column in values.items():
+        if not isinstance(column, list) or not all(v is None or _is_number(v) for v in column):
+            raise ValueError(f"{key} {quote(column)} is not a list of numbers")
     return TrainingHistory.from_dict({k: [math.nan if v is None else v for v in vs] for k, vs in values.items()})
 
 
@@ -69,24 +128,24 @@ class Field:
 
 
 FIELDS = (
-    Field("n_features_in_", int, int),
-    Field("feature_names_in_", _optional(lambda names: [str(n) for n in names]),
-          _optional(lambda names: np.asarray(names, dtype=object)), unset_when_none=True),
+    Field("n_features_in_", int, _count(1)),
+    Field("feature_names_in_", _optional(lambda names: [str(n) for n in names]), _optional(_names),
+          unset_when_none=True),
     Field("center_", _floats, _array),
-    Field("scale_", _floats, _array),
-    Field("offset_", float, float),
+    Field("scale_", _floats, lambda values: _array(values, positive=True)),
+    Field("offset_", float, _number),
     Field("training_scores_", _floats, _array),
     Field("reference_scores_", _optional(_floats), _optional(_array)),
-    Field("calibration_fpr_", _optional(float), _optional(float)),
-    Field("threshold_", float, float),
-    Field("latent_dim_", int, int),
-    Field("image_shape_", _optional(list), _optional(lambda shape: tuple(int(v) for v in shape))),
+    Field("calibration_fpr_", _optional(float), _optional(_fpr)),
+    Field("threshold_", float, _number),
+    Field("latent_dim_", int, _count(1)),
+    Field("image_shape_", _optional(list), _optional(_shape)),
     Field("history_", _history_to_json, _history_from_json),
-    Field("n_epochs_", int, int),
-    Field("best_epoch_", int, int),
-    Field("batch_size_", _optional(int), _optional(int)),
-    Field("n_refit_excluded_", _optional(int), _optional(int)),
-    Field("device_", str, str),
+    Field("n_epochs_", int, _count(0)),
+    Field("best_epoch_", int, _count(0)),
+    Field("batch_size_", _optional(int), _optional(_count(1))),
+    Field("n_refit_excluded_", _optional(int), _optional(_count(0))),
+    Field("device_", str, _device),
     Field("network_config_", NetworkConfig.to_dict, NetworkConfig.from_dict, key="module_config"),
 )
 
@@ -131,7 +190,14 @@ def decode_fitted(fitted):
     against each other, plus ``min_variance_`` (from the network's
     configuration). Raises KeyError, TypeError or ValueError on a file whose
     contents are missing or inconsistent."""
-    attributes = {field.name: field.decode(fitted[field.json_key]) for field in FIELDS}
+    attributes = {}
+    for field in FIELDS:
+        if field.json_key not in fitted:
+            raise ValueError(f"fitted.{field.json_key} is missing")
+        try:
+            attributes[field.name] = field.decode(fitted[field.json_key])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"fitted.{field.json_key}: {exc}") from None
     config = attributes["network_config_"]
     attributes["min_variance_"] = config.variance_floors()
     # A file edited or damaged by hand could hold arrays of other lengths,
@@ -145,7 +211,26 @@ def decode_fitted(fitted):
     names = attributes["feature_names_in_"]
     if names is not None and len(names) != n_features:
         raise ValueError(f"feature_names_in_ holds {len(names)} names for {n_features} features")
+    if attributes["latent_dim_"] != config.latent_dim or attributes["image_shape_"] != config.image_shape:
+        raise ValueError("latent_dim_ or image_shape_ differs from the network's")
+    if attributes["offset_"] != -attributes["threshold_"]:
+        raise ValueError(f"offset_ {attributes['offset_']!r} is not minus threshold_ {attributes['threshold_']!r}")
     return attributes
+
+
+def check_extra(extra):
+    """Raise ValueError unless a model file's ``extra`` section has the
+    types the command-line tool reads from it."""
+    if not isinstance(extra, dict):
+        raise ValueError(f"extra {quote(extra)} is not a mapping")
+    ids = extra.get("id_columns", [])
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise ValueError(f"extra.id_columns {quote(ids)} is not a list of column names")
+    if extra.get("input", "csv") not in ("csv", "images"):
+        raise ValueError(f"extra.input {quote(extra['input'])} is not csv or images")
+    for key in ("training", "images"):
+        if not isinstance(extra.get(key, {}), dict):
+            raise ValueError(f"extra.{key} {quote(extra[key])} is not a mapping")
 
 
 def set_fitted(model, attributes):

@@ -205,9 +205,14 @@ def resolve_device(device):
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device name") from exc
+        raise ValueError(f"device={device!r:.80} is not a torch device name") from exc
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        # Such as "meta", which holds no data: a network there computes nothing.
+        raise ValueError(f"device={device!r} cannot train or score a network; use auto, cpu, cuda, cuda:N or mps")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was asked for but MPS is not available here")
     return str(resolved)
 
 

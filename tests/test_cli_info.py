@@ -62,26 +62,22 @@ def _damaged_copy(model, damaged, edit):
     return damaged
 
 
-def test_info_of_a_damaged_network_configuration(model, tmp_path):
-    def two_floors(fitted):
-        fitted["module_config"]["min_variance"] = [1e-3, 1e-3]  # 21 features
-
-    damaged = _damaged_copy(model, tmp_path / "damaged.anomvae", two_floors)
-    result = invoke("info", damaged)
-    assert result.exit_code == 0, result.output
-    assert "variance:   unreadable (the network configuration is damaged)" in result.stdout
-    assert_input_error(invoke("score", damaged, TRAIN, "-o", tmp_path / "out.csv"), "corrupted model file")
+@pytest.mark.parametrize("edit, field", [
+    (lambda f: f["module_config"].update(min_variance=[1e-3, 1e-3]), "min_variance holds 2 values for 21"),
+    (lambda f: f.pop("threshold_"), "fitted.threshold_ is missing"),
+    (lambda f: f.update(threshold_="abc"), "fitted.threshold_: 'abc' is not a finite number"),
+])
+def test_info_and_score_refuse_a_damaged_file_naming_the_field(model, tmp_path, edit, field):
+    damaged = _damaged_copy(model, tmp_path / "damaged.anomvae", edit)
+    assert_input_error(invoke("info", damaged), "damaged.anomvae: corrupted model file", field)
+    assert_input_error(invoke("score", damaged, TRAIN, "-o", tmp_path / "out.csv"), field)
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_info_of_a_file_missing_its_threshold_and_history(model, tmp_path):
-    def no_threshold_nor_history(fitted):
-        del fitted["threshold_"]
-        fitted["history_"] = None
-
-    result = invoke("info", _damaged_copy(model, tmp_path / "damaged.anomvae", no_threshold_nor_history))
+def test_info_of_a_file_with_no_history(model, tmp_path):
+    result = invoke("info", _damaged_copy(model, tmp_path / "damaged.anomvae", lambda f: f.update(history_=None)))
     assert result.exit_code == 0, result.output
-    assert "threshold:  ? nats" in result.stdout and "final train loss ?" in result.stdout
+    assert "final train loss ?" in result.stdout
 
 
 @pytest.mark.parametrize("floors, line", [

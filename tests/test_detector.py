@@ -314,7 +314,11 @@ def test_cuda_training_matches_the_contract(inliers, test_set):
     "params, message",
     [
         ({"device": "tpu-9000"}, "not a torch device"),
-        ({"hidden_dims": (8, 0)}, "positive integers"),
+        ({"hidden_dims": (8, 0)}, "integers from 1 to 65536"),
+        ({"hidden_dims": (30_000_000,)}, "integers from 1 to 65536"),
+        ({"hidden_dims": (4,) * 100_000}, "at most 32 integers"),
+        ({"n_score_samples": 1_000_000_000}, "n_score_samples"),
+        ({"device": "meta"}, "cannot train or score a network"),
         ({"contamination": 0.7}, "contamination"),
         ({"likelihood": "poisson"}, "likelihood"),
         ({"lr": 0.0}, "lr"),

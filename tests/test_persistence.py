@@ -194,7 +194,7 @@ def test_bad_model_files_give_one_clear_error(model_path, tmp_path, damage, mess
 @pytest.mark.parametrize("edit, message", [
     (lambda f: f.update(center_=[0.0]), "center_ holds 1 values for"),
     (lambda f: f.update(scale_=f["scale_"][:-1]), "scale_ holds"),
-    (lambda f: f.update(module_config=None), "inconsistent contents"),
+    (lambda f: f.update(module_config=None), "fitted.module_config: None is not a mapping"),
     (lambda f: f.update(n_features_in_=f["n_features_in_"] + 1), "the network has"),
 ])
 @pytest.mark.parametrize("loader", [anomvae.load, load_for_scoring])

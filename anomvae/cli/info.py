@@ -23,25 +23,21 @@ def info(model, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo("\n".join(_text(summary, floors_readable=_variance_floors(metadata["fitted"])[1])))
+        click.echo("\n".join(_text(summary)))
 
 
 def _variance_floors(fitted):
     """The Gaussian likelihood's variance floors as a list (None for other
-    likelihoods), and whether the network configuration could be read."""
+    likelihoods)."""
     from ..config import NetworkConfig
 
-    try:
-        floors = NetworkConfig.from_dict(fitted["module_config"]).variance_floors()
-    except (KeyError, TypeError, ValueError):
-        # info describes damaged files too; score would reject this one.
-        return None, False
-    return (None if floors is None else floors.tolist()), True
+    floors = NetworkConfig.from_dict(fitted["module_config"]).variance_floors()
+    return None if floors is None else floors.tolist()
 
 
 def describe(path, metadata):
-    """What ``info --json`` prints about the model file at ``path``. A
-    damaged file's missing values are None."""
+    """What ``info --json`` prints about the model file at ``path``, from
+    metadata that :func:`~anomvae.persistence.read_metadata` checked."""
     fitted = metadata["fitted"]
     history = fitted.get("history_") or {}
     kind = model_kind(metadata)
@@ -67,7 +63,7 @@ def describe(path, metadata):
         ),
         "latent_dim": fitted.get("latent_dim_"),
         # Per feature, in standardised units; None unless the likelihood is Gaussian.
-        "variance_floors": _variance_floors(fitted)[0],
+        "variance_floors": _variance_floors(fitted),
         "device": fitted.get("device_"),
         # trim_by first: the key order info --json has always had.
         "params": {"trim_by": metadata["params"].get("trim_by"), **metadata["params"]},
@@ -85,7 +81,7 @@ def describe(path, metadata):
     }
 
 
-def _text(summary, *, floors_readable=True):
+def _text(summary):
     """The lines ``info`` prints for :func:`describe`'s summary."""
     kind, shape, training = summary["input"], summary["image_shape"], summary["training"]
     features = summary["features"] or [f"x{i}" for i in range(summary["n_features"] or 0)]
@@ -118,16 +114,14 @@ def _text(summary, *, floors_readable=True):
         ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
     ]
-    if not floors_readable:
-        lines.append("variance:   unreadable (the network configuration is damaged)")
-    elif floors is not None:
+    if floors is not None:
         lines.append(floors_line(floors))
     lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
     return lines
 
 
 def _number(value, spec):
-    """``value`` formatted by ``spec``, or "?" where a damaged file lacks it."""
+    """``value`` formatted by ``spec``, or "?" for a value not recorded."""
     return "?" if value is None else format(value, spec)
 
 
