@@ -5,15 +5,28 @@ data go to a temporary file beside the target, which is flushed to disk and
 renamed over the target only when everything was written. A file it
 replaces keeps its permissions; a new one gets the umask's. Problems are
 :class:`~anomvae.errors.OutputError`, naming the file.
+
+The temporary file is named ``.anomvae-<target>.<pid>-<random>.tmp``
+(``<target>`` is the target's name, cut at 48 characters; ``<pid>`` the
+writing process), so that one left behind by a process killed outright
+(SIGKILL, a power cut) says what it was for. The next successful write to
+the same target removes such leftovers once their process has ended and
+they have not changed for a minute; a concurrent writer's file is left
+alone. :func:`staged_folder` stages into ``.anomvae-<what>.<pid>-<random>.tmp``.
+
+:func:`check_outputs` refuses an output path that is empty or names one
+of the command's inputs, before anything is read or written.
 """
 
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import sys
 import tempfile
+import time
 
 from .errors import OutputError
 
@@ -22,8 +35,124 @@ from .errors import OutputError
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
+# Leftover temporary files untouched for this long (seconds), whose process
+# has ended, are removed by the next write to their target.
+LEFTOVER_AGE = 60
+
+
 def _cannot_write(path, exc):
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _storage_errors(path):
+    """Turn the output's own failures (a full disk, a size limit) into an
+    :class:`OutputError` naming ``path``; other errors of the caller's
+    block pass through as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRORS and not isinstance(exc, OutputError):
+            raise _cannot_write(path, exc) from None
+        raise
+
+
+def check_outputs(outputs, inputs):
+    """Refuse output paths that are empty or name one of the inputs.
+
+    An output names an input when both resolve to the same path or are the
+    same file (a hard link, a symbolic link): writing it would destroy the
+    input. Standard input and output (``"-"``), None, inputs that do not
+    exist (a glob pattern) and inputs that are neither files nor folders (a
+    terminal, a pipe) never count as the same.
+
+    Parameters
+    ----------
+    outputs, inputs : dict
+        What each path is for the user (``"-o"``, ``"DATA"``), mapped to the
+        path.
+
+    Raises
+    ------
+    OutputError
+        Naming the option and the file.
+    """
+    for what, output in outputs.items():
+        if output is not None and not os.fspath(output):
+            raise OutputError(f"{what} is an empty name; give a path")
+        for source_what, source in inputs.items():
+            if _same_file(output, source):
+                raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
+                                  "write to another file")
+
+
+def _same_file(output, source):
+    if output is None or source is None or "-" in (output, source):
+        return False
+    try:
+        found = os.stat(source)
+    except (OSError, ValueError):
+        return False
+    if not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
+        return False  # /dev/stdin and /dev/stdout can be one terminal
+    if os.path.realpath(output) == os.path.realpath(source):
+        return True
+    try:
+        return os.path.samestat(os.stat(output), found)
+    except (OSError, ValueError):
+        return False
+
+
+def _temp_stem(name):
+    # Cut, so that the whole temporary name stays within 255 bytes.
+    return f".anomvae-{name[:48]}."
+
+
+def _temp_prefix(path, name=None):
+    """``.anomvae-<name>.<pid>-``, the start of the temporary name this
+    process gives a file for ``path`` (``name``: the target's by default)."""
+    return f"{_temp_stem(name or os.path.basename(path))}{os.getpid()}-"
+
+
+def _leftover_pattern(path):
+    """The temporary names of any process's writes to ``path``; group 1 is the process id."""
+    return re.compile(re.escape(_temp_stem(os.path.basename(path))) + r"(\d+)-[a-z0-9_]+\.tmp")
+
+
+def sweep_leftovers(path):
+    """Remove the temporary files that earlier writes to ``path`` left
+    behind: those of a process that is no longer running, unchanged for
+    :data:`LEFTOVER_AGE` seconds. Errors are ignored."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = _leftover_pattern(path)
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _running(int(match[1])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime \
+                    > LEFTOVER_AGE:
+                os.unlink(entry.path)
+
+
+def _running(pid):
+    """Whether process ``pid`` runs on this machine (False where that cannot be told)."""
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would signal it there; the age alone decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -33,30 +162,33 @@ def atomic_write(path, mode="w"):
     On any error the temporary file is removed and ``path`` is left as it
     was. ``"-"`` writes to standard output directly, and a device or a pipe
     (``/dev/stdout``, a FIFO) is written through, since a file renamed over
-    it would replace the device itself.
+    it would replace the device itself; both are flushed before the block
+    ends, so that a full device fails here. A successful write removes the
+    target's leftover temporary files (:func:`sweep_leftovers`).
 
     Raises
     ------
     OutputError
-        When the file cannot be created or written.
+        When the file cannot be created or written (an empty ``path``, a
+        full disk or device, a size limit): "cannot write ``path``: reason".
     """
     text = "b" not in mode
     if path == "-":
-        yield sys.stdout if text else sys.stdout.buffer
+        stream = sys.stdout if text else sys.stdout.buffer
+        with _storage_errors("standard output"):
+            yield stream
+            stream.flush()  # a full disk behind it shows here, not at exit
         return
     path = os.fspath(path)
+    if not path:
+        raise OutputError("cannot write to an empty file name")
     newline = "" if text else None
     if os.path.exists(path) and not os.path.isfile(path):
-        try:
-            handle = open(path, mode, newline=newline)
-        except OSError as exc:
-            raise _cannot_write(path, exc) from None
-        with handle:
-            yield handle
+        yield from _write_through(path, mode, newline)
         return
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".anomvae-", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     handle = None
@@ -64,14 +196,8 @@ def atomic_write(path, mode="w"):
         handle = os.fdopen(fd, mode, newline=newline)
         with contextlib.suppress(OSError):  # some file systems keep no permissions
             os.fchmod(handle.fileno(), replacement_mode(path))
-        try:
+        with _storage_errors(path):
             yield handle
-        except OSError as exc:
-            # The file itself could not take the data (a full disk, a size
-            # limit); other errors of the caller's block pass through.
-            if exc.errno in _STORAGE_ERRORS and not isinstance(exc, OutputError):
-                raise _cannot_write(path, exc) from None
-            raise
         try:
             handle.flush()
             os.fsync(handle.fileno())
@@ -87,6 +213,28 @@ def atomic_write(path, mode="w"):
                 handle.close()
         _remove(tmp)
         raise
+    sweep_leftovers(path)
+
+
+def _write_through(path, mode, newline):
+    """Write to a device or a pipe as it is: renaming a file over it would
+    replace the device itself."""
+    try:
+        handle = open(path, mode, newline=newline)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    try:
+        with _storage_errors(path):
+            yield handle
+        try:
+            handle.close()  # flushes: a full device may say so only now
+        except BrokenPipeError:
+            raise  # the reader went away, as for standard output
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            handle.close()  # a failed block: what is still buffered is dropped
 
 
 def _remove(path):
@@ -143,7 +291,8 @@ def staged_folder(target, what="files"):
     created = not os.path.isdir(target)
     try:
         os.makedirs(target, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".anomvae-", dir=target)
+        staging = tempfile.mkdtemp(prefix=_temp_prefix(target, re.sub(r"[^\w-]", "_", what)), suffix=".tmp",
+                                   dir=target)
     except OSError as exc:
         raise folder_error(target, what, exc) from None
     succeeded = False
