@@ -28,14 +28,16 @@ _MAX_16_BIT = 65535
 
 def is_image_source(source):
     """True when ``source`` names images: a directory, a glob pattern, an
-    image file, a ``.npy``/``.npz`` array, or a list of such paths."""
+    image file, a ``.npy``/``.npz`` array, or a list of such paths. A file
+    that exists is what its name says, even with ``*?[`` in the name
+    (``batch[1].csv`` is a CSV file, not a pattern)."""
     if isinstance(source, (list, tuple)):
         return True
     text = str(source)
     if text == "-":
         return False
-    return (os.path.isdir(text) or any(c in text for c in _GLOB_CHARS)
-            or text.lower().endswith(IMAGE_EXTENSIONS + ARRAY_EXTENSIONS))
+    pattern = any(c in text for c in _GLOB_CHARS) and not os.path.exists(text)
+    return os.path.isdir(text) or pattern or text.lower().endswith(IMAGE_EXTENSIONS + ARRAY_EXTENSIONS)
 
 
 def list_images(source):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import quote
+
 # Smallest variance (in the units the network sees, i.e. standardised
 # features by default) a Gaussian likelihood may learn.  Without a floor the
 # likelihood of a near-constant feature grows without bound during training.
@@ -166,7 +168,7 @@ class Standardizer:
         return mask, [self._reason(X[i], int(np.argmax(bad[i])), columns) for i in np.flatnonzero(mask)]
 
     def _reason(self, row, j, columns):
-        value, column = row[j], repr(columns[j])
+        value, column = row[j], quote(columns[j])
         if np.isnan(value):
             return f"empty or NaN value in column {column}"
         if np.isinf(value):

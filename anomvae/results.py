@@ -3,16 +3,61 @@
 :class:`ResultWriter` writes results as CSV or JSON lines and keeps the
 :class:`ScoringSummary` of what it wrote; :class:`TopScores` keeps the
 highest-scoring rows in bounded memory.
+
+JSON has no infinity: in JSON lines and in the summary an infinite number
+is written as the string ``"inf"`` (or ``"-inf"``, and NaN as ``"nan"``);
+CSV writes ``inf``. A missing value (the score of a row not scored) is
+empty in CSV and ``null`` in JSON.
 """
 
 import heapq
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from .errors import DataError, quote
+
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+# The columns score writes besides the id columns (or ``row``, ``path``).
+OUTPUT_COLUMNS = ("anomaly_score", "p_value", "is_anomaly", "status", "explanation")
+
+
+def check_id_columns(id_columns):
+    """Refuse an id column named as one of :data:`OUTPUT_COLUMNS`: it would
+    be written twice under one name."""
+    for column in id_columns:
+        if column in OUTPUT_COLUMNS:
+            raise DataError(f"the id column {quote(column)} has the name of a column that score writes "
+                            f"({', '.join(OUTPUT_COLUMNS)}); rename it in the data")
+
+
+def json_safe(value):
+    """``value`` (numbers, strings, lists, dicts) as strict JSON can hold
+    it: numpy scalars as Python ones, non-finite floats as ``"inf"``,
+    ``"-inf"`` or ``"nan"``."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _json_cells(values):
+    """One float column for JSON lines: infinities as ``"inf"``/``"-inf"``
+    (pandas would write null, which means missing)."""
+    infinite = np.isinf(values)
+    if not infinite.any():
+        return values
+    cells = values.astype(object)
+    cells[infinite] = np.where(values[infinite] > 0, "inf", "-inf")
+    return cells
 
 
 def _quote(text):
@@ -49,6 +94,11 @@ def write_frame(frame, stream, fmt, header):
             columns = [_csv_cells(frame[c].to_numpy()) for c in frame.columns]
             stream.write("\n".join(map(",".join, zip(*columns))) + "\n")
     elif len(frame):
+        infinite = [c for c in frame.columns if frame[c].dtype.kind == "f" and np.isinf(frame[c].to_numpy()).any()]
+        if infinite:
+            frame = frame.copy()
+            for column in infinite:
+                frame[column] = _json_cells(frame[column].to_numpy())
         text = frame.to_json(orient="records", lines=True, double_precision=15)
         stream.write(text if text.endswith("\n") else text + "\n")
 
@@ -95,12 +145,13 @@ class ScoringSummary:
             self.max_score = top if self.max_score is None else max(self.max_score, top)
 
     def to_dict(self):
-        """JSON form, keys in the documented order."""
+        """JSON form, keys in the documented order; non-finite numbers as
+        strings (see :func:`json_safe`)."""
         keys = ("rows", "rows_scored", "rows_not_scored", "anomalies", "threshold", "max_score",
                 "calibration_fpr", "top_anomalies")
         values = {key: getattr(self, key) for key in keys}
         values["score_shift"] = None if self.score_shift is None else asdict(self.score_shift)
-        return values
+        return json_safe(values)
 
 
 class ResultWriter:

@@ -16,7 +16,7 @@ from .calibration import conformal_p_values, score_shift
 from .errors import DataError
 from .explain import explanation_cells, heatmap_image
 from .files import folder_error, staged_folder
-from .results import ResultWriter, ScoringSummary, TopScores, json_value
+from .results import ResultWriter, ScoringSummary, TopScores, check_id_columns, json_value
 
 
 def feature_names(model):
@@ -31,8 +31,8 @@ def feature_names(model):
 
 
 def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
-              delimiter=",", mark_invalid=False, only_anomalies=False, explain_top=0, summary_top=10,
-              shift_test=True):
+              delimiter=",", decimal=".", mark_invalid=False, only_anomalies=False, explain_top=0,
+              summary_top=10, shift_test=True):
     """Score a CSV file chunk by chunk and write one result row per input row.
 
     Parameters
@@ -44,14 +44,19 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     stream : text file object
         Where results go, as they are computed.
     id_columns : sequence of str, default=()
-        Columns copied to the output; without any, a 1-based ``row`` number
-        (the data row; its line in the file is ``row + 1``).
+        Columns copied to the output, each value as written (read as text:
+        ``NA`` stays ``NA``, spaces are kept, an empty cell stays empty);
+        without any, a 1-based ``row`` number (the data row; its line in
+        the file is ``row + 1``). A name of an output column
+        (:data:`anomvae.results.OUTPUT_COLUMNS`) is refused.
     threshold : float, default=None
-        Anomaly-score cut in nats; ``None`` uses ``model.threshold_``.
+        Anomaly-score cut in nats, finite; ``None`` uses ``model.threshold_``.
     fmt : {"csv", "jsonl"}, default="csv"
     chunk_size : int, default=10000
         Rows read and scored at a time.
     delimiter : str, default=","
+    decimal : str, default="."
+        Decimal mark of the numbers (``","`` for ``1,5``).
     mark_invalid : bool, default=False
         Rows that cannot be scored (see
         :meth:`~anomvae.preprocessing.Standardizer.unusable_rows`: empty,
@@ -84,6 +89,9 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     """
     features = feature_names(model)
     id_columns = list(id_columns)
+    check_id_columns(id_columns)
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     name = tables.display_name(path)
     calibrated = getattr(model, "reference_scores_", None) is not None
     summary = ScoringSummary(threshold=model.threshold_ if threshold is None else float(threshold),
@@ -92,9 +100,9 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     standardizer = model.standardizer_
     top, batch_scores = TopScores(summary_top), []
     chunks = tables.iter_csv(path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
-                             dtype={c: str for c in id_columns})
+                             decimal=decimal, text_columns=id_columns)
     for chunk in chunks:
-        X = tables.to_numeric(chunk, features, name=name)
+        X = tables.to_numeric(chunk, features, name=name, decimal=decimal)
         invalid, reasons = standardizer.unusable_rows(X, features)
         if invalid.any() and not mark_invalid:
             raise tables.invalid_rows_error(name, chunk.index[invalid], reasons, "fix them or pass --invalid-rows mark")

@@ -12,24 +12,37 @@ quoted fields); blank lines are kept as records so the numbering stays exact.
 
 import contextlib
 import csv
+import io
+import os
+import re
 import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, quote
 
 # Lines listed in an error message before "and N more".
 _MAX_LINES_SHOWN = 5
+# What pandas reads as missing by default: in every column but the text
+# (id) columns, whose values are copied to the output as written.
+MISSING_MARKERS = frozenset([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+    "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+])
+# A number written with a decimal comma, which a file read with --decimal '.' leaves as text.
+_DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
 
 
 def display_name(path):
     return "<stdin>" if path == "-" else str(path)
 
 
-def _source(path):
-    return sys.stdin if path == "-" else path
+def _stdin():
+    if sys.stdin is None or sys.stdin.closed:
+        raise DataError("<stdin>: standard input is closed; give DATA as a file name, or pipe the CSV in")
+    return sys.stdin
 
 
 def _first_line_with_extra_values(path, delimiter):
@@ -37,7 +50,8 @@ def _first_line_with_extra_values(path, delimiter):
     beyond the header's columns, for a plain file on disk; else None."""
     compressed = str(path).lower().endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"))
     # A delimiter of several characters is a regular expression to pandas; csv cannot follow it.
-    if path == "-" or compressed or len(delimiter) != 1:
+    # Standard input and pipes were read already.
+    if path == "-" or compressed or len(delimiter) != 1 or not os.path.isfile(path):
         return None
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as handle:
@@ -89,15 +103,94 @@ def _reading(path, delimiter):
         raise DataError(f"{name}: cannot be read ({exc})") from None
 
 
-def _read(path, delimiter, **kwargs):
-    # index_col=False: when lines hold one field more than the header
-    # (a trailing delimiter), pandas would otherwise take the first
-    # column as the index and shift every value one column to the left.
-    with _reading(path, delimiter):
-        return pd.read_csv(
-            _source(path), sep=delimiter, skip_blank_lines=False, skipinitialspace=True, index_col=False,
-            **kwargs,
-        )
+class _Rejoined(io.TextIOBase):
+    """A text stream whose header line was read ahead: that line, then the rest."""
+
+    def __init__(self, head, rest):
+        self._head, self._rest = head, rest
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if not self._head:
+            return self._rest.read(size)
+        if size is None or size < 0:
+            text, self._head = self._head + self._rest.read(), ""
+        else:
+            text, self._head = self._head[:size], self._head[size:]
+        return text
+
+    def readline(self, size=-1):
+        if not self._head:
+            return self._rest.readline(size)
+        return self.read(len(self._head) if size is None or size < 0 else min(size, len(self._head)))
+
+
+def _header_fields(source, delimiter):
+    """The fields of the header line of ``source``, as pandas splits them, unchanged."""
+    head = pd.read_csv(source, sep=delimiter, header=None, nrows=1, dtype=str, na_filter=False,
+                       index_col=False, skip_blank_lines=False)
+    return [str(field) for field in head.iloc[0]] if len(head) else [""]
+
+
+def _open(path, delimiter, stack):
+    """What pandas reads ``path`` from, and the fields of its header. A file
+    is read twice (its header, then all of it); standard input or a pipe,
+    which can be read only once, gives its header line back."""
+    if path != "-" and os.path.isfile(path):
+        return path, _header_fields(path, delimiter)
+    stream = _stdin() if path == "-" else stack.enter_context(open(path, encoding="utf-8", newline=""))
+    head = stream.readline()
+    return _Rejoined(head, stream), _header_fields(io.StringIO(head), delimiter)
+
+
+def _column_names(fields, name):
+    """The header's column names: leading spaces dropped, ``Unnamed: i``
+    for an empty one (as pandas names it). A name given twice is an error:
+    pandas would silently rename the second one ``x.1``."""
+    names, seen = [], set()
+    for i, field in enumerate(fields):
+        column = field.lstrip(" ") or f"Unnamed: {i}"
+        if column in seen:
+            raise DataError(f"{name}: the header names column {quote(column)} more than once; "
+                            "give each column its own name")
+        seen.add(column)
+        names.append(column)
+    return names
+
+
+def _read(path, delimiter, *, decimal=".", text_columns=(), chunk_size=None):
+    """The frame of ``path`` (one, or one per ``chunk_size`` rows), columns
+    named by :func:`_column_names`. ``text_columns`` are read as text and
+    verbatim (nothing counts as missing, no space is dropped); in the other
+    columns the values of :data:`MISSING_MARKERS` are missing."""
+    with contextlib.ExitStack() as stack:
+        with _reading(path, delimiter):
+            source, fields = _open(path, delimiter, stack)
+            names = _column_names(fields, display_name(path))
+            text = {i for i, column in enumerate(names) if column in text_columns}
+            # index_col=False: when lines hold one field more than the header
+            # (a trailing delimiter), pandas would otherwise take the first
+            # column as the index and shift every value one column to the left.
+            # skipinitialspace=False: id values keep their spaces; numbers are read despite them.
+            frames = pd.read_csv(
+                source, sep=delimiter, decimal=decimal, skip_blank_lines=False, skipinitialspace=False,
+                index_col=False, keep_default_na=False, dtype={i: str for i in text},
+                na_values={i: MISSING_MARKERS for i in range(len(names)) if i not in text}, chunksize=chunk_size,
+            )
+        if chunk_size is None:
+            frames = iter([frames])
+        else:
+            stack.enter_context(frames)
+        while True:
+            with _reading(path, delimiter):
+                frame = next(frames, None)
+            if frame is None:
+                return
+            if len(frame.columns) == len(names):
+                frame.columns = names
+            yield frame
 
 
 def _check_delimiter(columns, name, delimiter):
@@ -106,16 +199,21 @@ def _check_delimiter(columns, name, delimiter):
         for other in (";", "\t", "|", ","):
             if other != delimiter and other in columns[0]:
                 raise DataError(
-                    f"{name}: the header is a single column {columns[0]!r}; the file seems to be "
+                    f"{name}: the header is a single column {quote(columns[0])}; the file seems to be "
                     f"delimited by {other!r}, not {delimiter!r} (use --delimiter)"
                 )
 
 
-def read_csv(path, *, delimiter=",", dtype=None):
+def read_csv(path, *, delimiter=",", decimal=".", text_columns=()):
     """Read a whole CSV file (``"-"`` for stdin; ``.gz`` and other compressions
-    are recognised from the file name) into a DataFrame."""
+    are recognised from the file name) into a DataFrame.
+
+    ``text_columns`` (id columns) are read as text, each value as written;
+    in the other columns an empty cell or a marker such as ``NA`` is missing.
+    A column name given twice in the header is an error.
+    """
     name = display_name(path)
-    frame = _read(path, delimiter, dtype=dtype)
+    (frame,) = _read(path, delimiter, decimal=decimal, text_columns=text_columns)
     _check_delimiter(frame.columns, name, delimiter)
     unnamed = [str(c) for c in frame.columns if str(c).startswith("Unnamed: ")]
     if unnamed:
@@ -125,48 +223,39 @@ def read_csv(path, *, delimiter=",", dtype=None):
     return frame
 
 
-def iter_csv(path, *, columns, chunk_size, delimiter=",", dtype=None):
+def iter_csv(path, *, columns, chunk_size, delimiter=",", decimal=".", text_columns=()):
     """Stream a CSV file in chunks of ``chunk_size`` rows.
 
     Yields DataFrames whose index is the 0-based data row number within the
     file (line = row + 2). Before the first chunk, raises
     :class:`DataError` naming every column of ``columns`` the header lacks.
-    Columns not in ``columns`` are read and ignored.
+    Columns not in ``columns`` are read and ignored; ``text_columns`` are
+    read as in :func:`read_csv`.
     """
     name = display_name(path)
     checked, n_rows = False, 0
-    with _read(path, delimiter, chunksize=chunk_size, dtype=dtype) as reader:
-        for chunk in _checked_chunks(reader, path, delimiter):
-            if not checked:
-                _check_delimiter(chunk.columns, name, delimiter)
-                missing = [c for c in columns if c not in chunk.columns]
-                if missing:
-                    raise DataError(f"{name}: missing column(s) {', '.join(map(repr, missing))}")
-                checked = True
-            if len(chunk):
-                n_rows += len(chunk)
-                yield chunk
+    for chunk in _read(path, delimiter, decimal=decimal, text_columns=text_columns, chunk_size=chunk_size):
+        if not checked:
+            _check_delimiter(chunk.columns, name, delimiter)
+            missing = [c for c in columns if c not in chunk.columns]
+            if missing:
+                raise DataError(f"{name}: missing column(s) {', '.join(map(quote, missing))}")
+            checked = True
+        if len(chunk):
+            n_rows += len(chunk)
+            yield chunk
     if not n_rows:
         raise DataError(f"{name}: the file has a header but no data rows")
 
 
-def _checked_chunks(reader, path, delimiter):
-    """The reader's chunks, a malformed or unreadable part further down
-    named as :func:`_read` names one at the start."""
-    while True:
-        with _reading(path, delimiter):
-            chunk = next(reader, None)
-        if chunk is None:
-            return
-        yield chunk
-
-
-def select_features(frame, *, columns=None, exclude=(), id_columns=(), name):
+def select_features(frame, *, columns=None, exclude=(), id_columns=(), name, decimal="."):
     """Choose the feature columns of a training frame.
 
     ``columns`` lists them explicitly; otherwise every column that is not an
     id column, not excluded and holds at least one number is a feature.
-    Columns holding no number at all are skipped and returned as such.
+    Columns holding no number at all are skipped and returned as such; one
+    whose values all look like numbers with a decimal comma is an error
+    that says to read the file with ``decimal=","``.
 
     Returns
     -------
@@ -178,19 +267,22 @@ def select_features(frame, *, columns=None, exclude=(), id_columns=(), name):
     requested = list(columns or ()) + list(exclude) + list(id_columns)
     missing = [c for c in requested if c not in header]
     if missing:
-        raise DataError(f"{name}: no column(s) {', '.join(map(repr, missing))} in the header")
+        raise DataError(f"{name}: no column(s) {', '.join(map(quote, missing))} in the header")
     if columns:
         overlap = [c for c in columns if c in id_columns or c in exclude]
         if overlap:
-            raise DataError(f"{name}: column(s) {', '.join(map(repr, overlap))} both selected and excluded")
+            raise DataError(f"{name}: column(s) {', '.join(map(quote, overlap))} both selected and excluded")
         return list(columns), []
     features, skipped = [], []
     for column in header:
         if column in exclude or column in id_columns:
             continue
         values = frame[column]
-        if pd.api.types.is_numeric_dtype(values) or pd.to_numeric(values, errors="coerce").notna().any():
+        if pd.api.types.is_numeric_dtype(values) or _numbers(values, decimal).notna().any():
             features.append(column)
+        elif decimal == "." and values.notna().any() and _decimal_commas(values.dropna()):
+            raise DataError(f"{name}: column {quote(column)} holds numbers written with a decimal comma "
+                            f"(such as {quote(values.dropna().iloc[0])}); {_DECIMAL_HINT}")
         else:
             skipped.append(column)
     if not features:
@@ -210,11 +302,31 @@ def lines_text(rows):
     return ", ".join(lines) + (f" and {more} more" if more > 0 else "")
 
 
-def to_numeric(frame, columns, *, name):
+_DECIMAL_HINT = "read the file with --decimal ',' (and a --delimiter other than ',')"
+
+
+def _decimal_commas(values):
+    """Whether every one of the text ``values`` looks like a number with a decimal comma."""
+    return bool(values.astype(str).str.fullmatch(_DECIMAL_COMMA).all())
+
+
+def _numbers(values, decimal):
+    """The numbers in text ``values`` (NaN where none), ``decimal`` being
+    the decimal mark, as pandas' parser reads them."""
+    if decimal != ".":
+        text = values.astype(str)
+        # With another decimal mark, "1.234" is not 1.234 (it may mean 1234).
+        values = text.where(~text.str.contains(".", regex=False), "").str.replace(decimal, ".", regex=False)
+    return pd.to_numeric(values, errors="coerce")
+
+
+def to_numeric(frame, columns, *, name, decimal="."):
     """Convert ``columns`` of ``frame`` to a float64 array.
 
     A value that is not a number raises :class:`DataError` naming the column,
-    line and value. Empty cells, NaN and infinities are kept (as NaN or inf)
+    line and value (and, when the column's text all looks like numbers with
+    a decimal comma, how to read them). Empty cells, blank ones, the markers
+    of :data:`MISSING_MARKERS`, NaN and infinities are kept (as NaN or inf)
     for the caller to handle (see
     :meth:`anomvae.preprocessing.Standardizer.unusable_rows`).
     """
@@ -222,16 +334,20 @@ def to_numeric(frame, columns, *, name):
     for j, column in enumerate(columns):
         values = frame[column]
         if pd.api.types.is_bool_dtype(values):
-            raise DataError(f"{name}: column {column!r} holds true/false values, not numbers")
+            raise DataError(f"{name}: column {quote(column)} holds true/false values, not numbers")
         if not pd.api.types.is_numeric_dtype(values):
-            numbers = pd.to_numeric(values, errors="coerce")
+            numbers = _numbers(values, decimal)
             bad = numbers.isna() & values.notna()
+            if bad.any():
+                # Values are read with their spaces: " NA" and "  " are missing too.
+                spelled = values[bad].astype(str).str.strip().isin(MISSING_MARKERS)
+                bad[spelled.index[spelled.to_numpy()]] = False
             # "inf" and "nan" spelled out parse as numbers; anything else left is text.
             if bad.any():
                 row = bad.idxmax()
-                raise DataError(
-                    f"{name}: column {column!r}, line {line_number(row)}: value {values[row]!r} is not a number"
-                )
+                hint = f"; {_DECIMAL_HINT}" if decimal == "." and _decimal_commas(values[bad]) else ""
+                raise DataError(f"{name}: column {quote(column)}, line {line_number(row)}: "
+                                f"value {quote(values[row])} is not a number{hint}")
             values = numbers
         block[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
     return block
@@ -247,7 +363,8 @@ def invalid_rows_error(name, rows, reasons, hint):
     )
 
 
-def read_feature_rows(path, features, standardizer, *, delimiter=",", skip_invalid=False, chunk_size=10_000):
+def read_feature_rows(path, features, standardizer, *, delimiter=",", decimal=".", skip_invalid=False,
+                      chunk_size=10_000):
     """Read the columns ``features`` (by name) of a CSV file, checking each
     row with ``standardizer`` (a :class:`~anomvae.preprocessing.Standardizer`):
     the rows a model is calibrated on.
@@ -262,8 +379,8 @@ def read_feature_rows(path, features, standardizer, *, delimiter=",", skip_inval
     """
     name = display_name(path)
     blocks, skipped = [], []
-    for chunk in iter_csv(path, columns=features, chunk_size=chunk_size, delimiter=delimiter):
-        X = to_numeric(chunk, features, name=name)
+    for chunk in iter_csv(path, columns=features, chunk_size=chunk_size, delimiter=delimiter, decimal=decimal):
+        X = to_numeric(chunk, features, name=name, decimal=decimal)
         invalid, reasons = standardizer.unusable_rows(X, features)
         if invalid.any():
             if not skip_invalid:

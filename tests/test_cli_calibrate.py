@@ -1,9 +1,12 @@
 """anomvae calibrate (anomvae.cli.score): a model calibrated on reference rows for
 a false-alarm rate, written anew or in place. (Scoring with it: test_cli_score.py.)"""
 
+import os
+
 import numpy as np
+import pytest
+from conftest import assert_input_error, invoke
 from conftest import draw_cli_rows as draw
-from conftest import invoke
 
 import anomvae
 from anomvae.persistence import read_metadata
@@ -56,3 +59,42 @@ def test_calibrate_input_errors_leave_the_model_alone(files, tmp_path):
     assert "line(s) 2, 3, 4" in result.stderr and model.read_bytes() == before
     for bad in ("0", "1", "x"):
         assert invoke("calibrate", model, tmp_path / "holes.csv", "--fpr", bad).exit_code == 2
+
+
+def test_calibrate_never_overwrites_its_reference_rows(files, tmp_path):
+    model, data = tmp_path / "m.anomvae", tmp_path / "reference.csv"
+    model.write_bytes((files / "plain.anomvae").read_bytes())
+    data.write_bytes((files / "reference.csv").read_bytes())
+    os.link(data, tmp_path / "hard.csv")
+    for target in (data, os.path.relpath(data), tmp_path / "hard.csv"):
+        result = invoke("calibrate", model, data, "--fpr", "0.1", "-o", target)
+        assert_input_error(result, f"-o {target} would overwrite DATA")
+    assert data.read_bytes() == (files / "reference.csv").read_bytes()
+    assert model.read_bytes() == (files / "plain.anomvae").read_bytes()
+    # Replacing MODEL is what calibrate does without -o, and so with -o MODEL.
+    assert invoke("calibrate", model, data, "--fpr", "0.1", "-o", model, "-q").exit_code == 0
+    assert anomvae.load(model).calibration_fpr_ == 0.1
+
+
+def test_calibrate_to_an_empty_name_keeps_the_model(files, tmp_path):
+    model = tmp_path / "m.anomvae"
+    model.write_bytes((files / "plain.anomvae").read_bytes())
+    assert_input_error(invoke("calibrate", model, files / "reference.csv", "-o", ""), "-o is an empty name")
+    assert model.read_bytes() == (files / "plain.anomvae").read_bytes()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_calibrate_to_a_full_device(files):
+    result = invoke("calibrate", files / "plain.anomvae", files / "reference.csv", "-o", "/dev/full")
+    assert_input_error(result, "cannot write /dev/full: No space left on device")
+
+
+def test_calibrate_reads_decimal_commas_with_decimal(files, tmp_path):
+    text = (files / "reference.csv").read_text().replace(",", ";").replace(".", ",")
+    (tmp_path / "reference.csv").write_text(text)
+    args = ["calibrate", files / "plain.anomvae", tmp_path / "reference.csv", "--delimiter", ";", "--fpr", "0.1"]
+    assert_input_error(invoke(*args, "-o", tmp_path / "a.anomvae"), "is not a number", "--decimal ','")
+    assert invoke(*args, "--decimal", ",", "-o", tmp_path / "a.anomvae").exit_code == 0
+    assert invoke("calibrate", files / "plain.anomvae", files / "reference.csv", "--fpr", "0.1",
+                  "-o", tmp_path / "b.anomvae").exit_code == 0
+    assert anomvae.load(tmp_path / "a.anomvae").threshold_ == anomvae.load(tmp_path / "b.anomvae").threshold_

@@ -2,6 +2,7 @@
 CSV data, images, and what it says of a refit_inliers refit."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -72,9 +73,18 @@ def test_cli_defaults_are_the_estimators():
     assert exposed == set(defaults) - {"verbose", "image_shape"}
 
 
-def test_fit_bad_parameter_value(tmp_path):
-    result = invoke("fit", TRAIN, "-o", tmp_path / "m", "--contamination", "0.9")
-    assert_input_error(result, "contamination")
+@pytest.mark.parametrize("option, fragment", [
+    (["--contamination", "0.9"], "contamination"),
+    (["--contamination", "nan"], "contamination"),
+    (["--lr", "inf"], "lr"),
+    # Once internal errors (exit 3) after reading the data, or hours of work.
+    (["--n-score-samples", "1000000000"], "n_score_samples"),
+    (["--hidden-dims", "30000000"], "integers from 1 to 65536"),
+    (["--device", "meta"], "device='meta' cannot train or score a network"),
+])
+def test_fit_bad_parameter_value(tmp_path, option, fragment):
+    result = invoke("fit", TRAIN, "-o", tmp_path / "m", *option)
+    assert_input_error(result, fragment)
     assert not (tmp_path / "m").exists()
 
 
@@ -109,6 +119,21 @@ def test_fit_unwritable_output(tmp_path):
     assert_input_error(result, "cannot write")
 
 
+def test_fit_never_overwrites_its_training_data(tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_bytes(TRAIN.read_bytes())
+    for target in (data, tmp_path / "sub" / ".." / "train.csv"):
+        assert_input_error(invoke("fit", data, "-o", target, *QUICK), f"-o {target} would overwrite DATA")
+    assert data.read_bytes() == TRAIN.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
+
+
+def test_fit_to_an_empty_name_or_a_full_device(tmp_path):
+    assert_input_error(invoke("fit", TRAIN, "-o", "", *QUICK), "-o is an empty name")
+    if os.path.exists("/dev/full"):
+        result = invoke("fit", TRAIN, "-o", "/dev/full", "--max-epochs", "1", "-q")
+        assert_input_error(result, "cannot write /dev/full: No space left on device")
+
+
 def test_progress_handler_advances_once_per_epoch(inliers):
     class Bar:
         label, steps = "", 0
@@ -129,6 +154,23 @@ def test_progress_handler_advances_once_per_epoch(inliers):
         logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
     assert bar.steps == detector.n_epochs_ == 4 and bar.label.startswith("epoch 4 loss")
+
+
+@pytest.mark.parametrize("column", ["anomaly_score", "status"])
+def test_fit_refuses_an_id_column_named_as_a_score_output_column(tmp_path, column):
+    data = pd.read_csv(TRAIN).rename(columns={"record_id": column})
+    data.to_csv(tmp_path / "train.csv", index=False)
+    result = invoke("fit", tmp_path / "train.csv", "-o", tmp_path / "m", "--id-column", column, *QUICK)
+    assert_input_error(result, f"the id column '{column}' has the name of a column that score writes")
+    assert not (tmp_path / "m").exists()
+
+
+def test_fit_reads_a_csv_file_named_like_a_pattern(tmp_path):
+    data = tmp_path / "train[1].csv"
+    data.write_bytes(TRAIN.read_bytes())
+    result = invoke("fit", data, "-o", tmp_path / "m", "--id-column", "record_id", "--max-epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "trained on 1281 rows x 21 features" in result.stderr
 
 
 # ------------------------------------------------------------- images

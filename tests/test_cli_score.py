@@ -177,6 +177,36 @@ def test_summary_and_results_must_be_different_files(model, tmp_path):
     assert not (tmp_path / "same").exists()
 
 
+def test_outputs_never_overwrite_the_inputs(model, tmp_path):
+    data, mine = tmp_path / "new.csv", tmp_path / "m.anomvae"
+    data.write_bytes(NEW.read_bytes())
+    mine.write_bytes(model.read_bytes())
+    os.link(data, tmp_path / "hard.csv")
+    os.symlink(data, tmp_path / "soft.csv")
+    for option, target in [("-o", data), ("-o", os.path.relpath(data)), ("-o", tmp_path / "hard.csv"),
+                           ("-o", tmp_path / "soft.csv"), ("--summary-json", data), ("-o", mine),
+                           ("--summary-json", tmp_path / "." / "m.anomvae")]:
+        result = invoke("score", mine, data, option, target)
+        assert_input_error(result, f"{option} {target} would overwrite ")
+        assert data.read_bytes() == NEW.read_bytes() and mine.read_bytes() == model.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["hard.csv", "m.anomvae", "new.csv", "soft.csv"]
+
+
+def test_empty_output_names_are_usage_errors(model, tmp_path):
+    for option in ("-o", "--summary-json"):
+        assert_input_error(invoke("score", model, NEW, option, ""), f"{option} is an empty name")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_device_is_an_input_error(model, tmp_path):
+    assert_input_error(invoke("score", model, NEW, "-o", "/dev/full", "-q"),
+                       "cannot write /dev/full: No space left on device")
+    # A summary long enough to fill its buffer fails while it is written: the error is still its own.
+    result = invoke("score", model, NEW, "-o", tmp_path / "out.csv", "--summary-json", "/dev/full",
+                    "--summary-top", "500", "-q")
+    assert_input_error(result, "cannot write /dev/full: No space left on device")
+
+
 def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
     # Once for the metadata check that comes before torch, once to load.
     result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
@@ -374,6 +404,13 @@ def test_failed_score_adds_no_heatmap(image_model, new_images, tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "fresh").exists()
 
 
+def test_heatmaps_never_go_into_the_images_folder(image_model, new_images):
+    before = sorted(os.listdir(new_images))
+    result = invoke("score", image_model, new_images, "--heatmaps", new_images)
+    assert_input_error(result, f"--heatmaps {new_images} would overwrite DATA")
+    assert sorted(os.listdir(new_images)) == before
+
+
 def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "file" / "maps")
@@ -491,3 +528,57 @@ def test_values_outside_the_unit_interval_are_invalid_rows_when_calibrating(bern
                      "--invalid-rows", "skip")
     assert skipped.exit_code == 0 and "at line(s) 5" in skipped.stderr
     assert "calibrated on 5 rows" in skipped.stderr
+
+
+# --------------------------------- names, thresholds and infinite scores
+
+
+def _strict_json(text):
+    """``json.loads`` that refuses the non-standard NaN, Infinity and -Infinity."""
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("name", ["batch[1].csv", "what?.csv", "a*.csv"])
+def test_a_csv_file_named_like_a_pattern_is_read_as_csv(files, tmp_path, name):
+    (tmp_path / name).write_bytes((files / "batch.csv").read_bytes())
+    result = invoke("score", files / "plain.anomvae", tmp_path / name)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == invoke("score", files / "plain.anomvae", files / "batch.csv").stdout
+
+
+@pytest.mark.parametrize("column", ["anomaly_score", "is_anomaly", "p_value", "status", "explanation"])
+def test_an_id_column_named_as_an_output_column_is_refused(files, tmp_path, column):
+    batch = pd.read_csv(files / "batch.csv").assign(**{column: "x"})
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    result = invoke("score", files / "plain.anomvae", tmp_path / "batch.csv", "--id-column", column,
+                    "-o", tmp_path / "out.csv")
+    assert_input_error(result, f"the id column '{column}' has the name of a column that score writes")
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+def test_threshold_must_be_a_finite_number(files, value):
+    result = invoke("score", files / "plain.anomvae", files / "batch.csv", "--threshold", value)
+    assert_input_error(result, "'--threshold'", "is not a finite number")
+
+
+def test_an_infinite_score_is_written_alike_in_every_format(files, tmp_path):
+    # A value within float32's range as standardised, whose square is not:
+    # the row is scored, and its score is +inf.
+    batch = pd.read_csv(files / "batch.csv", dtype={"id": str})
+    batch.loc[4, "a"] = 1e30
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    model = files / "calibrated.anomvae"
+    result = invoke("score", model, tmp_path / "batch.csv", "--summary-json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    row = result.stdout.splitlines()[5].split(",")
+    assert row[0] == "id04" and row[1] == "inf" and row[-1] == "true"
+    summary = _strict_json((tmp_path / "s.json").read_text())
+    assert summary["max_score"] == "inf" and summary["anomalies"] >= 1
+    assert summary["top_anomalies"][0] == {"id": "id04", "anomaly_score": "inf"}
+    result = invoke("score", model, tmp_path / "batch.csv", "--format", "jsonl")
+    records = [_strict_json(line) for line in result.stdout.splitlines()]
+    assert records[4]["anomaly_score"] == "inf" and records[4]["is_anomaly"] is True
+    assert all(isinstance(r["anomaly_score"], float) for i, r in enumerate(records) if i != 4)

@@ -250,6 +250,15 @@ def test_image_sources_are_told_from_csv(folder):
     assert not readers.is_image_source("data.csv") and not readers.is_image_source("-")
 
 
+@pytest.mark.parametrize("name", ["batch[1].csv", "what?.csv", "a*.csv"])
+def test_a_file_named_with_glob_characters_is_what_its_name_says(tmp_path, name):
+    assert readers.is_image_source(str(tmp_path / name))  # not there: a pattern
+    (tmp_path / name).write_text("a,b\n1,2\n")
+    assert not readers.is_image_source(str(tmp_path / name))
+    (tmp_path / "shot[1].png").write_bytes(b"")
+    assert readers.is_image_source(str(tmp_path / "shot[1].png"))
+
+
 def test_readers_never_import_torch():
     code = "import anomvae.images, anomvae.tables, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,12 +2,15 @@
 and values that need quoting in the CSV output."""
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import draw_rows as draw
 
+from anomvae.errors import DataError
+from anomvae.results import OUTPUT_COLUMNS, ResultWriter, ScoringSummary, check_id_columns, json_safe
 from anomvae.results import TopScores as _TopScores
 from anomvae.scoring import score_csv
 
@@ -65,3 +68,38 @@ def test_id_values_that_need_quoting_survive_the_csv_output(detector, tmp_path):
     table = pd.read_csv(io.StringIO(out.getvalue()), dtype={"name": str}, keep_default_na=False)
     assert list(table["name"]) == ids
     assert len(table) == 6
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _written(fmt, scores, valid):
+    out = io.StringIO()
+    summary = ScoringSummary(threshold=1.0)
+    ResultWriter(out, summary, fmt=fmt).write({"row": np.arange(1, len(scores) + 1)}, np.asarray(scores), valid,
+                                              ["not scored"] * int((~valid).sum()))
+    return out.getvalue(), summary
+
+
+def test_infinite_scores_are_written_alike_in_csv_jsonl_and_the_summary():
+    scores, valid = [0.5, np.inf, np.nan, 2.0], np.array([True, True, False, True])
+    text, summary = _written("csv", scores, valid)
+    assert text.splitlines()[1:] == ["1,0.5,false", "2,inf,true", "3,,", "4,2.0,true"]
+    text, _ = _written("jsonl", scores, valid)
+    records = [_strict_json(line) for line in text.splitlines()]
+    assert [r["anomaly_score"] for r in records] == [0.5, "inf", None, 2.0]
+    assert [r["is_anomaly"] for r in records] == [False, True, None, True]
+    summary.top_anomalies = [{"row": 2, "anomaly_score": np.inf}]
+    values = _strict_json(json.dumps(summary.to_dict(), allow_nan=False))
+    assert values["max_score"] == "inf" and values["top_anomalies"][0]["anomaly_score"] == "inf"
+    assert json_safe({"a": [np.float64(-np.inf), float("nan"), np.int64(3)]}) == {"a": ["-inf", "nan", 3]}
+
+
+@pytest.mark.parametrize("column", OUTPUT_COLUMNS)
+def test_id_columns_may_not_take_an_output_column_name(column):
+    with pytest.raises(DataError, match=f"the id column '{column}' has the name of a column that score writes"):
+        check_id_columns(["id", column])
+    check_id_columns(["id", "row", "path"])

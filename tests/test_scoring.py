@@ -2,6 +2,7 @@
 What the score command makes of it is tested in test_cli_score.py."""
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -34,3 +35,48 @@ def test_rows_whose_score_is_nan_are_named_or_marked(detector, tmp_path, monkeyp
     assert table.loc[3, "status"].startswith("not scored: its anomaly score is NaN")
     assert np.isnan(table.loc[3, "anomaly_score"]) and np.isnan(table.loc[3, "is_anomaly"])
     assert (table.drop(index=3)["status"] == "scored").all()
+
+
+def test_infinite_scores_are_flagged_and_written_as_inf(detector, tmp_path, monkeypatch):
+    X = draw(12, seed=23).assign(name=[f"r{i}" for i in range(12)])
+    path = tmp_path / "batch.csv"
+    X.to_csv(path, index=False)
+    real = detector.score_samples
+
+    def minus_inf_for_row_2(frame):
+        scores = real(frame)
+        scores[2] = -np.inf
+        return scores
+
+    monkeypatch.setattr(detector, "score_samples", minus_inf_for_row_2)
+    out = io.StringIO()
+    summary = score_csv(detector, str(path), out, id_columns=["name"], fmt="jsonl", chunk_size=100)
+    records = [json.loads(line, parse_constant=lambda c: pytest.fail(f"not standard JSON: {c}"))
+               for line in out.getvalue().splitlines()]
+    assert records[2] == {"name": "r2", "anomaly_score": "inf", "is_anomaly": True}
+    assert summary.rows_scored == 12 and summary.max_score == np.inf
+    values = summary.to_dict()
+    json.dumps(values, allow_nan=False)
+    assert values["max_score"] == "inf" and values["top_anomalies"][0] == {"name": "r2", "anomaly_score": "inf"}
+
+
+@pytest.mark.parametrize("threshold", [np.nan, np.inf, -np.inf])
+def test_threshold_must_be_finite(detector, tmp_path, threshold):
+    draw(5, seed=24).to_csv(tmp_path / "batch.csv", index=False)
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        score_csv(detector, str(tmp_path / "batch.csv"), io.StringIO(), threshold=threshold)
+
+
+def test_ids_are_read_as_written_with_a_decimal_comma(detector, tmp_path):
+    X = draw(4, seed=25)
+    text = "name;" + ";".join(X.columns) + "\n" + "".join(
+        f"{name};" + ";".join(repr(v).replace(".", ",") for v in row) + "\n"
+        for name, row in zip(["NA", " 1,5 ", "", "None"], X.to_numpy().tolist())
+    )
+    (tmp_path / "batch.csv").write_text(text)
+    out = io.StringIO()
+    score_csv(detector, str(tmp_path / "batch.csv"), out, id_columns=["name"], fmt="jsonl", delimiter=";",
+              decimal=",")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["name"] for r in records] == ["NA", " 1,5 ", "", "None"]
+    np.testing.assert_allclose([r["anomaly_score"] for r in records], -detector.score_samples(X), rtol=1e-14)

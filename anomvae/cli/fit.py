@@ -8,8 +8,10 @@ from .app import InputError, input_errors, main
 from .options import (
     DATA,
     IMAGE_DEFAULTS,
+    Character,
     CommaList,
     ImageSize,
+    check_dialect,
     estimator_options,
     estimator_params,
     progress,
@@ -26,7 +28,10 @@ from .options import (
 @click.option("--exclude", type=CommaList(), default=(), help="Columns to leave out of the features.")
 @click.option("--id-column", multiple=True, help="Column that identifies a row; kept out of training and "
               "copied to score output. Repeatable.")
-@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--delimiter", type=Character(), default=",", show_default=True,
+              help="Field delimiter of the CSV (\\t or tab for a tab).")
+@click.option("--decimal", type=Character(), default=".", show_default=True,
+              help="Decimal mark of the CSV's numbers (',' for 1,5).")
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or leave them out "
               "(their lines are listed on stderr).")
@@ -40,34 +45,39 @@ from .options import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
 @click.pass_context
 @input_errors
-def fit(ctx, data, output, columns, exclude, id_column, delimiter, invalid_rows, force_images, image_size,
-        grayscale, quiet, **values):
+def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, invalid_rows, force_images,
+        image_size, grayscale, quiet, **values):
     """Train a model on DATA: the numeric columns of a CSV file (- for stdin),
     or images (a folder, a glob, image files, or a .npy/.npz array)."""
     from .. import tables
     from ..detector import VAEAnomalyDetector
+    from ..files import check_outputs
     from ..images import is_image_source
     from ..preprocessing import Standardizer
+    from ..results import check_id_columns
 
+    check_outputs({"-o": output}, {"DATA": data})
     params = estimator_params(values)
     if force_images or is_image_source(data):
-        refuse_csv_options(ctx, ("columns", "exclude", "id_column", "delimiter", "invalid_rows"), data)
+        refuse_csv_options(ctx, ("columns", "exclude", "id_column", "delimiter", "decimal", "invalid_rows"), data)
         for param, default in IMAGE_DEFAULTS.items():
             if ctx.get_parameter_source(param) == click.core.ParameterSource.DEFAULT:
                 params[param] = default
         return _fit_images(VAEAnomalyDetector(**params), data, output, image_size, grayscale, quiet)
     if image_size or grayscale:
         raise click.UsageError(f"--image-size and --grayscale apply to images; {data} is read as CSV")
+    check_dialect(delimiter, decimal)
     detector = VAEAnomalyDetector(**params)
     detector.check_params()  # fail on a bad option before reading any data
+    check_id_columns(id_column)
     name = tables.display_name(data)
-    frame = tables.read_csv(data, delimiter=delimiter, dtype={c: str for c in id_column})
+    frame = tables.read_csv(data, delimiter=delimiter, decimal=decimal, text_columns=id_column)
     features, skipped = tables.select_features(
-        frame, columns=columns, exclude=exclude, id_columns=id_column, name=name
+        frame, columns=columns, exclude=exclude, id_columns=id_column, name=name, decimal=decimal
     )
     if skipped and not quiet:
         click.echo(f"{name}: ignoring non-numeric column(s): {', '.join(skipped)}", err=True)
-    X = tables.to_numeric(frame, features, name=name)
+    X = tables.to_numeric(frame, features, name=name, decimal=decimal)
     invalid, reasons = Standardizer.identity(len(features), detector.likelihood).unusable_rows(X, features)
     if invalid.any():
         rows = frame.index[invalid]

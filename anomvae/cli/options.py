@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from ..errors import quote
+
 
 class AutoOr(click.ParamType):
     """A number, or one of a few words (``auto``, ``none``)."""
@@ -155,6 +157,42 @@ class Data(click.ParamType):
         if is_image_source(value):
             return value
         return self._csv.convert(value, param, ctx)
+
+
+class Character(click.ParamType):
+    """One character of the CSV format (``--delimiter``, ``--decimal``);
+    ``\\t`` or ``tab`` for a tab."""
+
+    name = "CHAR"
+
+    def convert(self, value, param, ctx):
+        if value in ("\\t", "tab"):
+            return "\t"
+        if len(value) != 1:
+            what = f"{quote(value)} is {len(value)} characters" if value else "it is empty"
+            self.fail(f"{what}; give one character, such as ',' or ';' (\\t or tab for a tab)", param, ctx)
+        if value in '\r\n"':
+            self.fail(f"{value!r} cannot be used: it ends lines or quotes fields", param, ctx)
+        return value
+
+
+def check_dialect(delimiter, decimal):
+    """A usage error when the decimal mark is also the delimiter."""
+    if delimiter == decimal:
+        raise click.UsageError(f"--decimal {decimal!r} is also the --delimiter; files with a decimal comma are "
+                               "usually delimited by ';' (--delimiter ';')")
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number: ``nan`` and ``inf`` are refused."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class ImageSize(click.ParamType):

@@ -8,7 +8,7 @@ import os
 import click
 
 from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
-from .options import DATA, refuse_csv_options
+from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_options
 
 
 @main.command()
@@ -19,13 +19,16 @@ from .options import DATA, refuse_csv_options
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Output format [default: jsonl for a .jsonl output, else csv].")
 @click.option("--only-anomalies", is_flag=True, help="Write only flagged rows (and rows not scored).")
-@click.option("--threshold", type=float, help="Anomaly-score cut in nats, instead of the model's.")
+@click.option("--threshold", type=FiniteFloat(), help="Anomaly-score cut in nats, instead of the model's.")
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any row is flagged.")
 @click.option("--id-column", multiple=True, help="Row identifier column(s) to copy to the output "
               "[default: those given at fit; else a 'row' number].")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, show_default="10000 rows, 256 images",
               help="Rows or images read and scored at a time; bounds memory.")
-@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--delimiter", type=Character(), default=",", show_default=True,
+              help="Field delimiter of the CSV (\\t or tab for a tab).")
+@click.option("--decimal", type=Character(), default=".", show_default=True,
+              help="Decimal mark of the CSV's numbers (',' for 1,5).")
 @click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or write them "
               "unscored with a 'status' column saying why.")
@@ -42,7 +45,7 @@ from .options import DATA, refuse_csv_options
 @click.pass_context
 @input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
-          chunk_size, delimiter, invalid_rows, heatmaps, explain_top, summary_json, summary_top, quiet):
+          chunk_size, delimiter, decimal, invalid_rows, heatmaps, explain_top, summary_json, summary_top, quiet):
     """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
     image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
@@ -52,12 +55,15 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     columns are matched by name: order does not matter and extra columns are
     ignored. Images are resized to the model's size.
     """
-    from ..files import atomic_write
+    from ..files import atomic_write, check_outputs
     from ..images import is_image_source
     from ..persistence import load_with_metadata, read_metadata
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
+    check_outputs({"-o": output, "--summary-json": summary_json, "--heatmaps": heatmaps},
+                  {"MODEL": model, "DATA": data})
+    check_dialect(delimiter, decimal)
     image_model = model_kind(read_metadata(model)) == "images"
     if image_model != is_image_source(data):
         kind = "images" if image_model else "CSV data"
@@ -68,7 +74,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     if summary_json and (summary_json == output or os.path.abspath(summary_json) == os.path.abspath(output)):
         raise click.UsageError("--summary-json and -o name the same file; give the summary its own")
     if image_model:
-        refuse_csv_options(ctx, ("id_column", "delimiter"), data)
+        refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
     if image_model and (explain_top or summary_json):
         raise click.UsageError("--explain and --summary-json apply to tabular models only")
     # Scores alone need only the network: skip importing scikit-learn.
@@ -81,7 +87,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         # fails before anything is scored, and it is renamed into place
         # after the results, so a failure leaves neither file replaced.
         summary_stream = outputs.enter_context(atomic_write(summary_json)) if summary_json else None
-        stream = outputs.enter_context(atomic_write(output))
+        results = outputs.enter_context(contextlib.ExitStack())
+        stream = results.enter_context(atomic_write(output))
         if image_model:
             summary = score_images(
                 detector, data, stream, threshold=cut, fmt=fmt, batch_size=chunk_size or 256,
@@ -90,13 +97,17 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         else:
             summary = score_csv(
                 detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size or 10_000,
-                delimiter=delimiter, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
+                delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
+                only_anomalies=only_anomalies,
                 explain_top=explain_top, summary_top=summary_top,
                 # Only the stderr warning and the JSON summary read the shift test.
                 shift_test=bool(summary_json) or not quiet,
             )
+        results.close()  # the results are in place: a failure from here on is the summary's
         if summary_stream is not None:
-            json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream, indent=2)
+            # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
+            json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream, indent=2,
+                      allow_nan=False)
             summary_stream.write("\n")
     if not quiet:
         _report(summary, display_name(data), "images" if image_model else "rows")
@@ -129,24 +140,31 @@ def _report(summary, name, what):
               show_default=True, help="Target false-alarm rate on normal data.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the calibrated model here [default: replace MODEL].")
-@click.option("--delimiter", default=",", show_default=True, help="Field delimiter of the CSV.")
+@click.option("--delimiter", type=Character(), default=",", show_default=True,
+              help="Field delimiter of the CSV (\\t or tab for a tab).")
+@click.option("--decimal", type=Character(), default=".", show_default=True,
+              help="Decimal mark of the CSV's numbers (',' for 1,5).")
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or leave them out.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @input_errors
-def calibrate(model, data, fpr, output, delimiter, invalid_rows, quiet):
+def calibrate(model, data, fpr, output, delimiter, decimal, invalid_rows, quiet):
     """Set MODEL's threshold from DATA, rows known to be normal (- for stdin).
 
     The new threshold flags a fraction FPR of such rows, and 'anomvae score'
     adds a 'p_value' column. DATA should not be the training data.
     """
+    from ..files import check_outputs
     from ..persistence import load_with_metadata, save
     from ..scoring import feature_names
     from ..tables import display_name, lines_text, read_feature_rows
 
+    check_dialect(delimiter, decimal)
+    # Without -o, or with -o MODEL, the model is replaced by design.
+    check_outputs({"-o": output}, {"DATA": data})
     detector, metadata = load_with_metadata(model)
     X, skipped = read_feature_rows(data, feature_names(detector), detector.standardizer_, delimiter=delimiter,
-                                   skip_invalid=invalid_rows == "skip")
+                                   decimal=decimal, skip_invalid=invalid_rows == "skip")
     name = display_name(data)
     if not len(X):
         raise InputError(f"{name}: every row was skipped for empty, NaN or infinite values "
