@@ -32,7 +32,7 @@ from .errors import OutputError
 
 # What only writing can fail with: storage full, file too large, quota,
 # read-only file system (not EIO, which reading an input can raise too).
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 # Leftover temporary files untouched for this long (seconds), whose process
@@ -52,7 +52,7 @@ def _storage_errors(path):
     try:
         yield
     except OSError as exc:
-        if exc.errno in _STORAGE_ERRORS and not isinstance(exc, OutputError):
+        if exc.errno in STORAGE_ERRNOS and not isinstance(exc, OutputError):
             raise _cannot_write(path, exc) from None
         raise
 

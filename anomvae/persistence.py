@@ -22,9 +22,9 @@ of the network the metadata describes before a network is built. Every
 failure is one :class:`~anomvae.errors.ModelFileError` naming the file.
 """
 
-import copy
 import io
 import json
+import math
 import os
 import stat
 import zipfile
@@ -98,14 +98,18 @@ def save(detector, path, *, extra=None):
 # before anything is decompressed, so that a small hostile file cannot make
 # the loader use gigabytes of memory. The largest real files are far below
 # them: metadata grows by about 70 bytes per feature (a 196,608-feature
-# image model's is 14 MB), weights by 4 bytes per parameter.
+# image model's is 14 MB), weights by 4 bytes per parameter. The metadata
+# limits also bound what parsing it costs: with containers and strings
+# limited in number, at most about 8 bytes of memory per byte of JSON.
 MAX_MEMBERS = 16
-MAX_METADATA_BYTES = 32 << 20
+MAX_METADATA_BYTES = 16 << 20
 MAX_WEIGHTS_BYTES = 1 << 30
 # Uncompressed over compressed size, for members above 1 MiB: weights hardly
 # compress and metadata about 3:1, while a zip bomb compresses 1000:1.
 MAX_COMPRESSION_RATIO = 50
 MAX_JSON_DEPTH = 16
+MAX_JSON_CONTAINERS = 100_000
+MAX_JSON_STRINGS = 1_000_000
 _READ_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
@@ -202,9 +206,16 @@ def _json_depth(value):
 
 
 def _check_metadata(path, raw):
+    # A container or a short string costs far more memory than its few bytes
+    # of JSON: count them (brackets and quotes inside strings too, an
+    # overestimate) before parsing.
+    for what, count, limit in (("lists or mappings", raw.count(b"{") + raw.count(b"["), MAX_JSON_CONTAINERS),
+                               ("strings", raw.count(b'"') // 2, MAX_JSON_STRINGS)):
+        if count > limit:
+            raise _damaged(path, f"{METADATA_NAME} holds {count} {what}; at most {limit} are allowed")
     try:
         metadata = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # invalid JSON or text, an integer of thousands of digits
         raise _damaged(path, f"{METADATA_NAME} is not valid JSON: {exc}") from None
     except RecursionError:
         raise _damaged(path, f"{METADATA_NAME} nests deeper than {MAX_JSON_DEPTH} levels") from None
@@ -260,8 +271,18 @@ def _load_parts(path):
     """Metadata and weights of a model file, checked."""
     import torch
 
+    from .model import state_shapes
+
     with _open(path) as archive:
         metadata = _check_metadata(path, _read_member(archive, path, METADATA_NAME))
+        # The described network's float32 weights must fit in what weights.pt
+        # holds, before a byte of it is read: so a network is never built
+        # larger than the file's own (bounded) weights.
+        config = schema.decode_fitted(metadata["fitted"])["network_config_"]
+        needed = 4 * sum(math.prod(shape) for shape in state_shapes(config).values())
+        if WEIGHTS_NAME in archive.namelist() and archive.getinfo(WEIGHTS_NAME).file_size < needed:
+            raise _damaged(path, f"module_config describes a network of {needed} bytes of weights, but "
+                                 f"{WEIGHTS_NAME} holds {archive.getinfo(WEIGHTS_NAME).file_size} bytes")
         raw_weights = _read_member(archive, path, WEIGHTS_NAME)
     try:
         weights = torch.load(io.BytesIO(raw_weights), map_location="cpu", weights_only=True)
@@ -277,10 +298,14 @@ def _check_weights(config, weights):
 
     from .model import state_shapes
 
+    # float32 as anomvae saves them (a float64 weight could overflow when
+    # cast), each in a storage of its own size (an expanded view of one
+    # number would pass for a huge tensor until it is copied).
     if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point() for k, v in weights.items()
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.float32 and v.is_contiguous()
+        and v.untyped_storage().nbytes() >= 4 * v.numel() for k, v in weights.items()
     ):
-        raise ValueError(f"{WEIGHTS_NAME} is not a mapping of names to floating-point tensors")
+        raise ValueError(f"{WEIGHTS_NAME} is not a mapping of names to contiguous float32 tensors")
     expected = state_shapes(config)
     for name in sorted(set(expected) ^ set(weights)):
         where = "module_config's network has no" if name in weights else f"{WEIGHTS_NAME} lacks the"
@@ -329,7 +354,9 @@ def load_with_metadata(path, *, scoring_only=False):
     metadata returned shares nothing with the model."""
     metadata, weights = _load_parts(path)
     try:
-        model = _build(copy.deepcopy(metadata), weights, scoring_only)
+        # Building reads the metadata and copies what it keeps (arrays,
+        # tuples): the model shares nothing with the metadata returned.
+        model = _build(metadata, weights, scoring_only)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise _damaged(path, f"inconsistent contents: {exc}") from None
     return model, metadata

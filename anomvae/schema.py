@@ -54,10 +54,11 @@ def _count(minimum):
     return decode
 
 
-def _array(values, positive=False):
-    """Finite numbers from a file (and positive ones where scales are)."""
-    if not isinstance(values, list) or not all(_is_number(v) for v in values):
-        raise ValueError(f"{quote(values)} is not a list of numbers")
+def _array(values, positive=False, nonempty=False):
+    """Finite numbers from a file (positive ones where scales are; at least
+    one where an empty list would mean something else)."""
+    if not isinstance(values, list) or not all(_is_number(v) for v in values) or (nonempty and not values):
+        raise ValueError(f"{quote(values)} is not a list of {'one or more ' * nonempty}numbers")
     array = np.asarray(values, dtype=np.float64)
     bad = ~np.isfinite(array) | (array <= 0 if positive else False)
     if bad.any():
@@ -85,7 +86,7 @@ def _shape(values):
 
 
 def _device(value):
-    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d{1,3})?|mps", value):
+    if not isinstance(value, str) or not re.fullmatch(r"(cpu|cuda|mps)(:\d{1,3})?", value):
         raise ValueError(f"{quote(value)} is not cpu, cuda, cuda:N or mps")
     return value
 
@@ -135,7 +136,7 @@ FIELDS = (
     Field("scale_", _floats, lambda values: _array(values, positive=True)),
     Field("offset_", float, _number),
     Field("training_scores_", _floats, _array),
-    Field("reference_scores_", _optional(_floats), _optional(_array)),
+    Field("reference_scores_", _optional(_floats), _optional(lambda values: _array(values, nonempty=True))),
     Field("calibration_fpr_", _optional(float), _optional(_fpr)),
     Field("threshold_", float, _number),
     Field("latent_dim_", int, _count(1)),
@@ -246,8 +247,11 @@ def migrate(metadata):
     to the current layout. ``format_version`` still says which format the
     file was written in. Damaged contents are left for
     :func:`decode_fitted` to reject."""
-    metadata = copy.deepcopy(metadata)
-    params, fitted = metadata["params"], metadata["fitted"]
+    # Copies of the mappings this changes; the (possibly large) values are
+    # only read, so they are shared.
+    metadata = dict(metadata)
+    params = metadata["params"] = dict(metadata["params"])
+    fitted = metadata["fitted"] = dict(metadata["fitted"])
     # The first files of format 1 predate trimming: every row was trained on.
     params.setdefault("trim_fraction", 0.0)
     # Before trim_by existed (formats 1 and 2), batches were trimmed by the loss.

@@ -142,6 +142,11 @@ def _open(path, delimiter, stack):
         return path, _header_fields(path, delimiter)
     stream = _stdin() if path == "-" else stack.enter_context(open(path, encoding="utf-8", newline=""))
     head = stream.readline()
+    while head.count('"') % 2:  # a quoted name holds a line break: the header goes on
+        more = stream.readline()
+        if not more:
+            break
+        head += more
     return _Rejoined(head, stream), _header_fields(io.StringIO(head), delimiter)
 
 

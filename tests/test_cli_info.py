@@ -164,3 +164,15 @@ def test_info_of_a_resized_rgb_model(tmp_path):
 def test_info_of_an_image_model_does_not_import_torch(image_model, flags, shown):
     result = assert_runs_without(["info", str(image_model), *flags], "torch")
     assert shown in result.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_info_on_a_full_standard_output_is_an_output_error(model):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-c", "from anomvae.cli import run; run()", "info", str(model)],
+                                stdout=full, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "Error: cannot write standard output: No space left on device"

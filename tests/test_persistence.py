@@ -152,8 +152,13 @@ def _newer(path, tmp):
     _rewrite(path, tmp / "bad", lambda m: m.update(format_version=FORMAT_VERSION + 1, anomvae_version="9.0"))
 
 
+# Padded to the size of the network's weights, which a smaller weights.pt
+# could not hold (a file too small is refused before torch reads it).
+_PADDING = b" " * 100_000
+
+
 def _bad_weights(path, tmp):
-    _rewrite(path, tmp / "bad", weights=b"these are not tensors")
+    _rewrite(path, tmp / "bad", weights=b"these are not tensors" + _PADDING)
 
 
 def _pickle_payload(path, tmp):
@@ -163,7 +168,7 @@ def _pickle_payload(path, tmp):
         def __reduce__(self):
             return (os.system, ("echo owned > " + str(tmp / "owned"),))
 
-    _rewrite(path, tmp / "bad", weights=pickle.dumps(Exploit()))
+    _rewrite(path, tmp / "bad", weights=pickle.dumps(Exploit()) + _PADDING)
 
 
 def _text(path, tmp):

@@ -96,10 +96,22 @@ def bomb(path, parts, member, size=1 << 30):
     return path
 
 
+def dense(path, parts):
+    """A model file whose metadata is just under the size limit, all short
+    numbers (what costs the most memory per byte once the number of
+    containers and strings is limited), stored uncompressed."""
+    text = json.dumps(parts[0])
+    room = persistence.MAX_METADATA_BYTES - len(text) - 20
+    text = text[:-1] + ', "zz": [' + ",".join(["1.5"] * (room // 4)) + "]}"
+    return write_model(path, None, parts[1], raw_metadata=text, compression=zipfile.ZIP_STORED)
+
+
 @pytest.fixture(scope="module")
 def bombs(parts, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bombs")
-    return {member: bomb(folder / f"{member}.anomvae", parts, member) for member in ("anomvae.json", "weights.pt")}
+    files = {member: bomb(folder / f"{member}.anomvae", parts, member) for member in ("anomvae.json", "weights.pt")}
+    files["dense"] = dense(folder / "dense.anomvae", parts)
+    return files
 
 
 @pytest.mark.parametrize("member", ["anomvae.json", "weights.pt"])
@@ -108,11 +120,12 @@ def test_a_zip_bomb_is_refused_before_it_is_decompressed(bombs, member):
     assert_refused(bombs[member], f"'{member}' would decompress", loaders=[anomvae.load])
 
 
-@pytest.mark.parametrize("member", ["anomvae.json", "weights.pt"])
+@pytest.mark.parametrize("member", ["anomvae.json", "weights.pt", "dense"])
 @pytest.mark.parametrize("command", ["info", "score"])
 def test_the_command_stays_within_512_mb_on_a_zip_bomb(bombs, member, command, tmp_path):
     # RLIMIT_DATA bounds the heap and private mappings; without the limits
-    # the 1 GiB member alone would exceed it.
+    # the 1 GiB member alone would exceed it. The dense file is within the
+    # limits, so it loads (its extra entry is ignored), within the memory.
     limit = 512 << 20
     args = [bombs[member]] + ([TRAIN, "-o", tmp_path / "out.csv"] if command == "score" else [])
     code = (
@@ -123,6 +136,9 @@ def test_the_command_stays_within_512_mb_on_a_zip_bomb(bombs, member, command, t
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    if member == "dense":
+        assert result.returncode == 0, result.stderr
+        return
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("Error: ") and "would decompress" in result.stderr, result.stderr
     assert not (tmp_path / "out.csv").exists()
@@ -202,7 +218,21 @@ def _error_of(function, *args):
 # ------------------------------------------------------- the JSON metadata
 
 
-@pytest.mark.parametrize("depth", [40, 200_000])
+@pytest.mark.parametrize("content, message", [
+    ("[" + "{}," * 200_000 + "{}]", "lists or mappings; at most 100000"),
+    ("[" + '"ab",' * 1_100_000 + '"ab"]', "strings; at most 1000000"),
+    ("1" * 5000, "not valid JSON: Exceeds the limit"),
+])
+def test_metadata_that_would_cost_far_more_memory_than_bytes_is_refused(parts, tmp_path, content, message):
+    # Once a 1 MB file made info use 2.4 GB: each {} or short string costs
+    # tens of bytes once parsed.
+    text = json.dumps(parts[0])[:-1] + ', "zz": ' + content + "}"
+    # Stored: no compression ratio to give it away.
+    path = write_model(tmp_path / "many.anomvae", None, parts[1], raw_metadata=text, compression=zipfile.ZIP_STORED)
+    assert_refused(path, message)
+
+
+@pytest.mark.parametrize("depth", [40, 90_000])
 def test_deeply_nested_json_is_refused(parts, tmp_path, depth):
     text = json.dumps(parts[0])[:-1] + ', "extra2": ' + "[" * depth + "]" * depth + "}"
     path = write_model(tmp_path / "deep.anomvae", None, parts[1], raw_metadata=text)
@@ -223,6 +253,7 @@ def test_deeply_nested_json_is_refused(parts, tmp_path, depth):
     (lambda f: f.update(n_features_in_="21"), "fitted.n_features_in_: '21' is not an integer"),
     (lambda f: f.update(n_epochs_=True), "fitted.n_epochs_: True is not an integer"),
     (lambda f: f.update(device_="meta"), "fitted.device_: 'meta' is not cpu, cuda"),
+    (lambda f: f.update(reference_scores_=[], calibration_fpr_=0.1), "reference_scores_: [] is not a list of one"),
     (lambda f: f.update(feature_names_in_=[1] * 21), "fitted.feature_names_in_: [1, 1"),
     (lambda f: f.update(history_=[1, 2]), "fitted.history_: [1, 2] is not a mapping"),
     (lambda f: f["history_"].update(train_loss="x"), "fitted.history_: train_loss 'x' is not a list"),
@@ -287,11 +318,43 @@ def test_a_nan_threshold_never_reaches_scoring(parts, tmp_path):
      "encoder.mu.bias has shape [3000], but module_config's network needs"),
     (lambda w: w.pop("encoder.mu.weight"), "weights.pt lacks the tensor 'encoder.mu.weight'"),
     (lambda w: w.__setitem__("extra.weight", torch.zeros(2)), "module_config's network has no tensor 'extra.weight'"),
-    (lambda w: w.__setitem__("encoder.mu.bias", torch.zeros(2, dtype=torch.int64)), "floating-point tensors"),
+    (lambda w: w.__setitem__("encoder.mu.bias", torch.zeros(2, dtype=torch.int64)), "contiguous float32 tensors"),
+    # Finite as float64, infinite once cast to the network's float32.
+    (lambda w: w.update({k: v.double() * 1e300 for k, v in w.items()}), "contiguous float32 tensors"),
+    # One stored number posing as a whole tensor.
+    (lambda w: w.__setitem__("encoder.mu.bias", torch.zeros(1).expand(w["encoder.mu.bias"].shape)),
+     "contiguous float32 tensors"),
 ])
 def test_weights_that_are_not_the_described_network_are_refused(parts, tmp_path, edit, message):
     path = write_model(tmp_path / "bad.anomvae", parts[0], tensors(parts, edit))
     assert_refused(path, message, loaders=[anomvae.load, load_for_scoring], command=("score",))
+
+
+def test_a_network_larger_than_its_weights_is_refused_before_they_are_read(parts, tmp_path, monkeypatch):
+    # 20000x20000 layers stored as expanded views of one number: a 14 KB file
+    # that once took 3.5 GB to load.
+    def expanded(weights):
+        for name, tensor in list(weights.items()):
+            weights[name] = torch.zeros(1).expand(*shapes[name])
+
+    metadata = json.loads(json.dumps(parts[0]))
+    metadata["fitted"]["module_config"]["hidden_dims"] = [20_000, 20_000]
+    from anomvae.config import NetworkConfig
+    from anomvae.model import state_shapes
+
+    shapes = state_shapes(NetworkConfig.from_dict(metadata["fitted"]["module_config"]))
+    weights = torch.load(io.BytesIO(parts[1]), weights_only=True)
+    weights = {name: torch.zeros(1) for name in shapes}
+    expanded(weights)
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    path = write_model(tmp_path / "views.anomvae", metadata, buffer.getvalue())
+    read = []
+    monkeypatch.setattr(persistence, "_read_member", lambda archive, path, name: read.append(name) or
+                        archive.read(name))
+    assert_refused(path, "describes a network of 3204880368 bytes of weights, but weights.pt holds",
+                   loaders=[anomvae.load], command=None)
+    assert read == ["anomvae.json"]
 
 
 def test_a_huge_described_network_is_refused_before_it_is_built(parts, tmp_path, monkeypatch):
@@ -300,7 +363,7 @@ def test_a_huge_described_network_is_refused_before_it_is_built(parts, tmp_path,
         hidden_dims=[65_536, 65_536]))
     built = []
     monkeypatch.setattr("anomvae.fitted.build_vae", lambda config: built.append(config))
-    assert_refused(path, "but module_config's network needs", loaders=[anomvae.load], command=("score",))
+    assert_refused(path, "describes a network of", loaders=[anomvae.load], command=("score",))
     assert not built
 
 
@@ -352,6 +415,12 @@ def test_any_metadata_edit_loads_or_is_one_model_file_error(parts, tmp_path, dat
             assert str(exc).startswith(f"{file}: ") and "\n" not in str(exc) and len(str(exc)) < 600
     assert time.perf_counter() - start < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB
+
+
+def test_a_model_trained_on_a_numbered_cpu_loads(parts, tmp_path):
+    # fit accepts device="cpu:0"; the file it writes must load.
+    path = edited(parts, tmp_path / "cpu0.anomvae", lambda m: m["fitted"].update(device_="cpu:0"))
+    assert load_for_scoring(path).device_ == "cpu:0"
 
 
 def test_checking_the_weights_imports_no_compiler(parts, tmp_path):

@@ -253,3 +253,11 @@ def test_a_huge_value_is_quoted_short(model, tmp_path, where):
     result = invoke("score", model, _write(tmp_path, text))
     assert_input_error(result, *fragments)
     assert len(result.stderr.splitlines()[-1]) < 300
+
+
+def test_a_header_name_holding_a_line_break_is_read_from_stdin_too(monkeypatch):
+    text = '"rec\nord",a,b\nx1,1,2\nx2,3,4\n'
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    from_stdin = tables.read_csv("-", text_columns=("rec\nord",))
+    assert list(from_stdin.columns) == ["rec\nord", "a", "b"] and list(from_stdin["rec\nord"]) == ["x1", "x2"]
+    assert from_stdin["b"].tolist() == [2, 4]

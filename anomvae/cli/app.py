@@ -18,6 +18,7 @@ import sys
 import click
 
 from ..errors import AnomvaeError
+from ..files import STORAGE_ERRNOS
 from ..version import __version__
 
 EXIT_ANOMALIES = 1
@@ -122,6 +123,14 @@ class _Group(click.Group):
             with contextlib.suppress(OSError):
                 click.echo("Error: the output was closed before every result was written", err=True)
             ctx.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            # Commands that print to standard output themselves (info):
+            # a full disk behind it is an output error, as for score's -o -.
+            if exc.errno not in STORAGE_ERRNOS or isinstance(exc, AnomvaeError):
+                raise
+            with contextlib.suppress(OSError):
+                click.echo(f"Error: cannot write standard output: {exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_INPUT_ERROR)
 
     def main(self, *args, **kwargs):
         try:
