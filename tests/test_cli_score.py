@@ -357,6 +357,41 @@ def test_results_and_summary_are_written_with_the_umask(files, tmp_path):
     assert stat.S_IMODE((tmp_path / "m.anomvae").stat().st_mode) == 0o644
 
 
+def test_the_alert_recipe_of_the_monitoring_docs(files, tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
+    (recipe,) = re.findall(r"```python\n(# alert\.py .*?)```", docs, flags=re.DOTALL)
+    (tmp_path / "alert.py").write_text(recipe)
+    (tmp_path / "moved.csv").write_text((draw(300, seed=5) * 2).assign(id="x").to_csv(index=False))
+
+    def alert(model, data, *options):
+        result = invoke("score", files / model, data, "-o", os.devnull, "-q", "--summary-json",
+                        tmp_path / "summary.json", *options)
+        assert result.exit_code == 0, result.output
+        return subprocess.run([sys.executable, tmp_path / "alert.py", tmp_path / "summary.json"],
+                              capture_output=True, text=True)
+
+    flagged = alert("calibrated.anomvae", files / "batch.csv")
+    assert flagged.returncode == 1 and flagged.stderr == ""
+    assert flagged.stdout.startswith(f"{files / 'batch.csv'} ({files / 'calibrated.anomvae'}): ")
+    assert " rows flagged [{'id': 'id07', 'anomaly_score': " in flagged.stdout
+    assert "shifted" not in flagged.stdout and flagged.stdout.count("\n") == 1
+    quiet = alert("calibrated.anomvae", files / "batch.csv", "--threshold", "1e9", "--summary-top", "0")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    shifted = alert("plain.anomvae", tmp_path / "moved.csv", "--threshold", "1e9")
+    assert shifted.returncode == 1 and "scores shifted from the training baseline (KS p-value" in shifted.stdout
+    marked = tmp_path / "marked.csv"
+    frame = pd.read_csv(files / "batch.csv", dtype={"id": str})
+    frame.loc[3, "b"] = np.nan
+    frame.to_csv(marked, index=False)
+    unscored = alert("calibrated.anomvae", marked, "--threshold", "1e9", "--invalid-rows", "mark")
+    assert unscored.returncode == 1 and unscored.stdout.rstrip().endswith("): 1 rows not scored")
+
+
 # ---------------------------------------------- Prometheus metrics
 
 
