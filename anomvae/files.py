@@ -58,13 +58,16 @@ def _storage_errors(path):
 
 
 def check_outputs(outputs, inputs):
-    """Refuse output paths that are empty or name one of the inputs.
+    """Refuse output paths that are empty, name one of the inputs, or name
+    one another.
 
     An output names an input when both resolve to the same path or are the
     same file (a hard link, a symbolic link): writing it would destroy the
     input. Standard input and output (``"-"``), None, inputs that do not
     exist (a glob pattern) and inputs that are neither files nor folders (a
-    terminal, a pipe) never count as the same.
+    terminal, a pipe) never count as the same. Two outputs name one another
+    when they are the same path or file, or both ``"-"`` (standard output):
+    one would replace, or be mixed into, the other.
 
     Parameters
     ----------
@@ -84,6 +87,25 @@ def check_outputs(outputs, inputs):
             if _same_file(output, source):
                 raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
                                   "write to another file")
+    given = [(what, os.fspath(output)) for what, output in outputs.items() if output is not None]
+    for i, (what, output) in enumerate(given):
+        for other_what, other in given[:i]:
+            if _same_output(output, other):
+                raise OutputError(f"{other_what} and {what} name the same file ({other}); give each its own")
+
+
+def _same_output(output, other):
+    """Whether two outputs are one file: both ``"-"``, the same path, or
+    the same existing file. A device (``/dev/null``) may take several."""
+    if "-" in (output, other):
+        return output == other
+    try:
+        found = os.stat(output)
+    except (OSError, ValueError):
+        found = None
+    if found is not None and not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
+        return False
+    return os.path.realpath(output) == os.path.realpath(other) or _same_file(output, other)
 
 
 def _same_file(output, source):

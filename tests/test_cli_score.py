@@ -169,12 +169,23 @@ def test_output_to_a_pipe_is_written_through_not_replaced(model, tmp_path):
     assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo"]
 
 
-def test_summary_and_results_must_be_different_files(model, tmp_path):
-    for target in (["-o", tmp_path / "same"], []):
-        summary = target[-1] if target else "-"
-        result = invoke("score", model, NEW, *target, "--summary-json", summary)
-        assert result.exit_code == 2 and "name the same file" in result.stderr
-    assert not (tmp_path / "same").exists()
+@pytest.mark.parametrize("first, second", [("-o", "--summary-json"), ("-o", "--metrics-file"),
+                                           ("--summary-json", "--metrics-file")])
+def test_outputs_must_be_different_files(model, tmp_path, first, second):
+    (tmp_path / "same").write_text("previous\n")
+    os.symlink(tmp_path / "same", tmp_path / "link")
+    for a, b in [(tmp_path / "same", tmp_path / "same"), (tmp_path / "same", tmp_path / "." / "link"),
+                 (tmp_path / "new", tmp_path / "sub" / ".." / "new"), ("-", "-")]:
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        results = [] if first == "-o" else ["-o", tmp_path / "out.csv"]
+        result = invoke("score", model, NEW, *results, first, a, second, b)
+        assert_input_error(result, f"{first} and {second} name the same file ({a}); give each its own")
+    assert (tmp_path / "same").read_text() == "previous\n" and not (tmp_path / "new").exists()
+    # Without -o the results go to standard output, where the other may not go too.
+    if first == "-o":
+        assert_input_error(invoke("score", model, NEW, second, "-"), f"-o and {second} name the same file (-)")
+    # A device takes any number of outputs.
+    assert invoke("score", model, NEW, first, os.devnull, second, os.devnull, "-q").exit_code == 0
 
 
 def test_outputs_never_overwrite_the_inputs(model, tmp_path):
@@ -185,7 +196,8 @@ def test_outputs_never_overwrite_the_inputs(model, tmp_path):
     os.symlink(data, tmp_path / "soft.csv")
     for option, target in [("-o", data), ("-o", os.path.relpath(data)), ("-o", tmp_path / "hard.csv"),
                            ("-o", tmp_path / "soft.csv"), ("--summary-json", data), ("-o", mine),
-                           ("--summary-json", tmp_path / "." / "m.anomvae")]:
+                           ("--summary-json", tmp_path / "." / "m.anomvae"), ("--metrics-file", data),
+                           ("--metrics-file", tmp_path / "soft.csv"), ("--metrics-file", mine)]:
         result = invoke("score", mine, data, option, target)
         assert_input_error(result, f"{option} {target} would overwrite ")
         assert data.read_bytes() == NEW.read_bytes() and mine.read_bytes() == model.read_bytes()
@@ -193,7 +205,7 @@ def test_outputs_never_overwrite_the_inputs(model, tmp_path):
 
 
 def test_empty_output_names_are_usage_errors(model, tmp_path):
-    for option in ("-o", "--summary-json"):
+    for option in ("-o", "--summary-json", "--metrics-file"):
         assert_input_error(invoke("score", model, NEW, option, ""), f"{option} is an empty name")
 
 
@@ -217,7 +229,9 @@ def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
 def test_scoring_a_csv_does_not_import_scikit_learn(model, tmp_path):
     # The scoring-only model skips scikit-learn's import time and memory;
     # the scores are the library's (see test_persistence).
-    assert_runs_without(["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q"], "sklearn")
+    # Nor do the metrics.
+    assert_runs_without(["score", str(model), str(NEW), "-o", str(tmp_path / "out.csv"), "-q",
+                         "--metrics-file", str(tmp_path / "m.prom")], "sklearn")
     out = pd.read_csv(tmp_path / "out.csv", dtype={"record_id": str}, float_precision="round_trip")
     frame = pd.read_csv(NEW, dtype={"record_id": str}, float_precision="round_trip")
     detector = anomvae.load(model)
@@ -343,6 +357,114 @@ def test_results_and_summary_are_written_with_the_umask(files, tmp_path):
     assert stat.S_IMODE((tmp_path / "m.anomvae").stat().st_mode) == 0o644
 
 
+def test_the_alert_recipe_of_the_monitoring_docs(files, tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
+    (recipe,) = re.findall(r"```python\n(# alert\.py .*?)```", docs, flags=re.DOTALL)
+    (tmp_path / "alert.py").write_text(recipe)
+    (tmp_path / "moved.csv").write_text((draw(300, seed=5) * 2).assign(id="x").to_csv(index=False))
+
+    def alert(model, data, *options):
+        result = invoke("score", files / model, data, "-o", os.devnull, "-q", "--summary-json",
+                        tmp_path / "summary.json", *options)
+        assert result.exit_code == 0, result.output
+        return subprocess.run([sys.executable, tmp_path / "alert.py", tmp_path / "summary.json"],
+                              capture_output=True, text=True)
+
+    flagged = alert("calibrated.anomvae", files / "batch.csv")
+    assert flagged.returncode == 1 and flagged.stderr == ""
+    assert flagged.stdout.startswith(f"{files / 'batch.csv'} ({files / 'calibrated.anomvae'}): ")
+    assert " rows flagged [{'id': 'id07', 'anomaly_score': " in flagged.stdout
+    assert "shifted" not in flagged.stdout and flagged.stdout.count("\n") == 1
+    quiet = alert("calibrated.anomvae", files / "batch.csv", "--threshold", "1e9", "--summary-top", "0")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    shifted = alert("plain.anomvae", tmp_path / "moved.csv", "--threshold", "1e9")
+    assert shifted.returncode == 1 and "scores shifted from the training baseline (KS p-value" in shifted.stdout
+    marked = tmp_path / "marked.csv"
+    frame = pd.read_csv(files / "batch.csv", dtype={"id": str})
+    frame.loc[3, "b"] = np.nan
+    frame.to_csv(marked, index=False)
+    unscored = alert("calibrated.anomvae", marked, "--threshold", "1e9", "--invalid-rows", "mark")
+    assert unscored.returncode == 1 and unscored.stdout.rstrip().endswith("): 1 rows not scored")
+
+
+# ---------------------------------------------- Prometheus metrics
+
+
+def read_metrics(path):
+    """{name: (labels, value)} of a metrics file, read by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = list(text_string_to_metric_families(path.read_text(encoding="utf-8")))
+    assert all(f.type == "gauge" and f.documentation and len(f.samples) == 1 for f in families)
+    return {f.name: (f.samples[0].labels, f.samples[0].value) for f in families}
+
+
+def test_metrics_file(files, tmp_path):
+    import time
+
+    target, before = tmp_path / "anomvae.prom", time.time()
+    result = invoke("score", files / "calibrated.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv", "-q",
+                    "--summary-json", tmp_path / "summary.json", "--metrics-file", target, "--fail-on-anomaly")
+    after = time.time()
+    assert result.exit_code == 1 and result.stderr == "", result.output
+    metrics, summary = read_metrics(target), json.loads((tmp_path / "summary.json").read_text())
+    assert {labels["model"] for labels, _ in metrics.values()} == {"calibrated.anomvae"}
+    assert {labels["input"] for labels, _ in metrics.values()} == {"batch.csv"}
+    found = {name: value for name, (_, value) in metrics.items()}
+    shift = summary["score_shift"]
+    assert found == {
+        "anomvae_rows_scored": 60, "anomvae_rows_flagged": summary["anomalies"], "anomvae_rows_not_scored": 0,
+        "anomvae_threshold_nats": summary["threshold"], "anomvae_max_score_nats": summary["max_score"],
+        "anomvae_calibration_false_alarm_ratio": 0.05, "anomvae_score_shift_ks_statistic": shift["ks_statistic"],
+        "anomvae_score_shift_p_value": shift["ks_p_value"], "anomvae_score_shifted": 0,
+        "anomvae_run_duration_seconds": found["anomvae_run_duration_seconds"],
+        "anomvae_last_success_timestamp_seconds": found["anomvae_last_success_timestamp_seconds"],
+    }
+    assert summary["anomalies"] >= 1
+    assert before <= found["anomvae_last_success_timestamp_seconds"] <= after
+    assert 0 < found["anomvae_run_duration_seconds"] <= after - before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anomvae.prom", "out.csv", "summary.json"]
+
+
+def test_metrics_file_runs_the_shift_test_even_quiet(files, tmp_path):
+    (tmp_path / "moved.csv").write_text((draw(300, seed=5) * 2).assign(id="x").to_csv(index=False))
+    result = invoke("score", files / "plain.anomvae", tmp_path / "moved.csv", "-o", os.devnull, "-q",
+                    "--metrics-file", tmp_path / "m.prom")
+    assert result.exit_code == 0 and result.stderr == ""
+    metrics = read_metrics(tmp_path / "m.prom")
+    assert metrics["anomvae_score_shifted"][1] == 1 and metrics["anomvae_score_shift_p_value"][1] < 1e-3
+    assert "anomvae_calibration_false_alarm_ratio" not in metrics
+
+
+def test_metrics_file_on_standard_output(files, tmp_path):
+    result = invoke("score", files / "plain.anomvae", "-", "-o", tmp_path / "out.csv", "--metrics-file", "-",
+                    input=(files / "batch.csv").read_text())
+    assert result.exit_code == 0, result.output
+    (tmp_path / "stdout.prom").write_text(result.stdout)
+    metrics = read_metrics(tmp_path / "stdout.prom")
+    assert metrics["anomvae_rows_scored"] == ({"model": "plain.anomvae", "input": "<stdin>"}, 60)
+
+
+def test_failed_score_keeps_the_previous_metrics_file(files, tmp_path):
+    target = tmp_path / "anomvae.prom"
+    target.write_text("# previous run\n")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    result = invoke("score", files / "plain.anomvae", tmp_path / "bad.csv", "--metrics-file", target)
+    assert result.exit_code == 2 and target.read_text() == "# previous run\n"
+    (tmp_path / "out.csv").write_text("previous results\n")
+    # An unwritable metrics file fails before anything is scored or replaced.
+    result = invoke("score", files / "plain.anomvae", files / "batch.csv", "-o", tmp_path / "out.csv",
+                    "--summary-json", tmp_path / "s.json", "--metrics-file", tmp_path / "missing" / "m.prom")
+    assert_input_error(result, "cannot write", "m.prom")
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anomvae.prom", "bad.csv", "out.csv"]
+
+
 # ------------------------------------------------ images and heatmaps
 
 
@@ -375,6 +497,22 @@ def test_score_options_as_for_csv(image_model, new_images, tmp_path):
     assert len(records) == 8 and all(r["is_anomaly"] is True for r in records)
     only = invoke("score", image_model, new_images, "--only-anomalies", "--threshold", "1e9")
     assert only.exit_code == 0 and only.stdout.strip() == "path,anomaly_score,is_anomaly"
+
+
+def test_metrics_file_for_images(image_model, new_images, tmp_path):
+    broken = new_images / "0_002.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    result = invoke("score", image_model, new_images, "-o", tmp_path / "out.csv", "--metrics-file",
+                    tmp_path / "images.prom", "--invalid-rows", "mark")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(tmp_path / "out.csv")
+    metrics = read_metrics(tmp_path / "images.prom")
+    assert metrics["anomvae_rows_scored"] == ({"model": "digits.anomvae", "input": "new"}, 7)
+    assert metrics["anomvae_rows_flagged"][1] == (out["is_anomaly"] == True).sum()  # noqa: E712
+    assert metrics["anomvae_rows_not_scored"][1] == 1
+    assert metrics["anomvae_threshold_nats"][1] == anomvae.load(image_model).threshold_
+    assert metrics["anomvae_max_score_nats"][1] == out["anomaly_score"].max()
+    assert "anomvae_last_success_timestamp_seconds" in metrics
 
 
 def test_heatmaps_one_png_per_image(image_model, new_images, tmp_path):

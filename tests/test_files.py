@@ -162,3 +162,18 @@ def test_standard_output_on_a_full_device_is_an_output_error(monkeypatch):
         monkeypatch.undo()
         with contextlib.suppress(OSError):
             full.close()
+
+
+def test_outputs_that_name_one_another_are_refused(tmp_path, monkeypatch):
+    from anomvae.files import check_outputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out.csv").write_text("a\n")
+    os.symlink("out.csv", tmp_path / "link.csv")
+    for first, second in [("out.csv", "./out.csv"), ("new.json", "sub/../new.json"), ("-", "-"),
+                          ("out.csv", tmp_path / "link.csv")]:
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(OutputError, match=r"-o and --summary-json name the same file \("):
+            check_outputs({"-o": first, "--heatmaps": None, "--summary-json": second}, {})
+    check_outputs({"-o": "-", "--summary-json": "s.json", "--metrics-file": "m.prom"}, {})
+    check_outputs({"-o": os.devnull, "--summary-json": os.devnull}, {})

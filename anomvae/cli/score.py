@@ -4,6 +4,7 @@ model, and set a model's threshold from normal reference rows."""
 import contextlib
 import json
 import os
+import time
 
 import click
 
@@ -41,11 +42,15 @@ from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_opt
               help="Also write a JSON summary (counts, threshold, top anomalies, score shift) here.")
 @click.option("--summary-top", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many of the highest-scoring rows --summary-json lists.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Also write the run's Prometheus metrics (counts, threshold, max score, shift test, "
+              "duration, last success time) here, for node_exporter's textfile collector (a .prom file).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
-          chunk_size, delimiter, decimal, invalid_rows, heatmaps, explain_top, summary_json, summary_top, quiet):
+          chunk_size, delimiter, decimal, invalid_rows, heatmaps, explain_top, summary_json, summary_top, metrics_file,
+          quiet):
     """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
     image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
@@ -55,14 +60,16 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     columns are matched by name: order does not matter and extra columns are
     ignored. Images are resized to the model's size.
     """
+    started = time.monotonic()
     from ..files import atomic_write, check_outputs
     from ..images import is_image_source
+    from ..metrics_file import metrics_text
     from ..persistence import load_with_metadata, read_metadata
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
-    check_outputs({"-o": output, "--summary-json": summary_json, "--heatmaps": heatmaps},
-                  {"MODEL": model, "DATA": data})
+    check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file,
+                   "--heatmaps": heatmaps}, {"MODEL": model, "DATA": data})
     check_dialect(delimiter, decimal)
     image_model = model_kind(read_metadata(model)) == "images"
     if image_model != is_image_source(data):
@@ -71,8 +78,6 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                          f"{'a CSV file' if image_model else 'images'}")
     if heatmaps and not image_model:
         raise click.UsageError("--heatmaps applies to image models only")
-    if summary_json and (summary_json == output or os.path.abspath(summary_json) == os.path.abspath(output)):
-        raise click.UsageError("--summary-json and -o name the same file; give the summary its own")
     if image_model:
         refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
     if image_model and (explain_top or summary_json):
@@ -83,9 +88,11 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
     cut = detector.threshold_ if threshold is None else threshold
     with contextlib.ExitStack() as outputs:
-        # The summary's temporary file first: an unwritable --summary-json
-        # fails before anything is scored, and it is renamed into place
-        # after the results, so a failure leaves neither file replaced.
+        # The metrics' and the summary's temporary files first: an
+        # unwritable one fails before anything is scored, and they are
+        # renamed into place after the results (the metrics last, as they
+        # tell of a success), so a failure leaves no file replaced.
+        metrics_stream = outputs.enter_context(atomic_write(metrics_file, "wb")) if metrics_file else None
         summary_stream = outputs.enter_context(atomic_write(summary_json)) if summary_json else None
         results = outputs.enter_context(contextlib.ExitStack())
         stream = results.enter_context(atomic_write(output))
@@ -100,19 +107,28 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                 delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
                 only_anomalies=only_anomalies,
                 explain_top=explain_top, summary_top=summary_top,
-                # Only the stderr warning and the JSON summary read the shift test.
-                shift_test=bool(summary_json) or not quiet,
+                # Only the stderr warning, the JSON summary and the metrics read the shift test.
+                shift_test=bool(summary_json or metrics_file) or not quiet,
             )
-        results.close()  # the results are in place: a failure from here on is the summary's
+        results.close()  # the results are in place: a failure from here on is the summary's or the metrics'
         if summary_stream is not None:
             # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
             json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream, indent=2,
                       allow_nan=False)
             summary_stream.write("\n")
+        if metrics_stream is not None:
+            labels = {"model": os.path.basename(model), "input": _input_label(data)}
+            text = metrics_text(summary, labels, duration_seconds=time.monotonic() - started)
+            metrics_stream.write(text.encode("utf-8"))
     if not quiet:
         _report(summary, display_name(data), "images" if image_model else "rows")
     if fail_on_anomaly and summary.anomalies:
         ctx.exit(EXIT_ANOMALIES)
+
+
+def _input_label(data):
+    """The ``input`` label of the metrics: DATA's file or folder name."""
+    return "<stdin>" if data == "-" else os.path.basename(os.path.normpath(data))
 
 
 def _report(summary, name, what):
