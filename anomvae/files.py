@@ -45,7 +45,7 @@ def _cannot_write(path, exc):
 
 
 @contextlib.contextmanager
-def _storage_errors(path):
+def storage_errors(path):
     """Turn the output's own failures (a full disk, a size limit) into an
     :class:`OutputError` naming ``path``; other errors of the caller's
     block pass through as they are."""
@@ -73,7 +73,8 @@ def check_outputs(outputs, inputs):
     ----------
     outputs, inputs : dict
         What each path is for the user (``"-o"``, ``"DATA"``), mapped to the
-        path.
+        path (for inputs, or a list of paths: the image files a folder or
+        a pattern names).
 
     Raises
     ------
@@ -83,10 +84,11 @@ def check_outputs(outputs, inputs):
     for what, output in outputs.items():
         if output is not None and not os.fspath(output):
             raise OutputError(f"{what} is an empty name; give a path")
-        for source_what, source in inputs.items():
-            if _same_file(output, source):
-                raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
-                                  "write to another file")
+        for source_what, sources in inputs.items():
+            for source in sources if isinstance(sources, list) else [sources]:
+                if _same_file(output, source):
+                    raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
+                                      "write to another file")
     given = [(what, os.fspath(output)) for what, output in outputs.items() if output is not None]
     for i, (what, output) in enumerate(given):
         for other_what, other in given[:i]:
@@ -197,7 +199,7 @@ def atomic_write(path, mode="w"):
     text = "b" not in mode
     if path == "-":
         stream = sys.stdout if text else sys.stdout.buffer
-        with _storage_errors("standard output"):
+        with storage_errors("standard output"):
             yield stream
             stream.flush()  # a full disk behind it shows here, not at exit
         return
@@ -218,7 +220,7 @@ def atomic_write(path, mode="w"):
         handle = os.fdopen(fd, mode, newline=newline)
         with contextlib.suppress(OSError):  # some file systems keep no permissions
             os.fchmod(handle.fileno(), replacement_mode(path))
-        with _storage_errors(path):
+        with storage_errors(path):
             yield handle
         try:
             handle.flush()
@@ -246,7 +248,7 @@ def _write_through(path, mode, newline):
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:
-        with _storage_errors(path):
+        with storage_errors(path):
             yield handle
         try:
             handle.close()  # flushes: a full device may say so only now

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGE_QUICK, QUICK, TRAIN, assert_input_error, invoke
+from conftest import IMAGE_QUICK, QUICK, TRAIN, assert_input_error, invoke, write_digits
 
 import anomvae
 from anomvae.cli import main
@@ -232,3 +232,11 @@ def test_fit_and_info_say_what_the_refit_left_out(tmp_path):
     assert note in CliRunner().invoke(main, ["info", str(path)]).stdout
     info = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).stdout)
     assert info["training"]["refit_excluded"] == excluded and info["params"]["refit_inliers"] is True
+
+
+def test_fit_never_overwrites_one_of_its_images(tmp_path):
+    folder = write_digits(tmp_path / "train", 0, 10)
+    target = sorted(folder.iterdir())[3]
+    before = target.read_bytes()
+    assert_input_error(invoke("fit", folder, "-o", target, *IMAGE_QUICK), "would overwrite an image of DATA")
+    assert target.read_bytes() == before

@@ -219,6 +219,14 @@ def test_a_full_device_is_an_input_error(model, tmp_path):
     assert_input_error(result, "cannot write /dev/full: No space left on device")
 
 
+@pytest.mark.parametrize("option", ["--summary-json", "--metrics-file"])
+def test_a_failing_summary_or_metrics_file_leaves_the_results_file_as_it_was(model, tmp_path, option):
+    (tmp_path / "out.csv").write_text("previous results\n")
+    result = invoke("score", model, NEW, "-o", tmp_path / "out.csv", option, "/dev/full", "-q")
+    assert_input_error(result, "cannot write /dev/full: No space left on device")
+    assert (tmp_path / "out.csv").read_text() == "previous results\n"
+
+
 def test_score_opens_the_model_file_twice(model, tmp_path, model_file_opens):
     # Once for the metadata check that comes before torch, once to load.
     result = invoke("score", model, TRAIN, "-o", tmp_path / "scores.csv", "-q")
@@ -547,6 +555,16 @@ def test_heatmaps_never_go_into_the_images_folder(image_model, new_images):
     result = invoke("score", image_model, new_images, "--heatmaps", new_images)
     assert_input_error(result, f"--heatmaps {new_images} would overwrite DATA")
     assert sorted(os.listdir(new_images)) == before
+
+
+@pytest.mark.parametrize("as_pattern", [False, True])
+def test_results_never_overwrite_an_image_of_the_data(image_model, new_images, as_pattern):
+    target = sorted(new_images.iterdir())[0]
+    before = target.read_bytes()
+    data = str(new_images / "*.png") if as_pattern else new_images
+    result = invoke("score", image_model, data, "-o", target)
+    assert_input_error(result, f"-o {target} would overwrite an image of DATA")
+    assert target.read_bytes() == before
 
 
 def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):

@@ -12,6 +12,7 @@ from .options import (
     CommaList,
     ImageSize,
     check_dialect,
+    data_inputs,
     estimator_options,
     estimator_params,
     progress,
@@ -56,7 +57,7 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, inva
     from ..preprocessing import Standardizer
     from ..results import check_id_columns
 
-    check_outputs({"-o": output}, {"DATA": data})
+    check_outputs({"-o": output}, data_inputs(data, force_images or is_image_source(data)))
     params = estimator_params(values)
     if force_images or is_image_source(data):
         refuse_csv_options(ctx, ("columns", "exclude", "id_column", "delimiter", "decimal", "invalid_rows"), data)

@@ -234,3 +234,16 @@ def refit_note(n_excluded, refit_inliers):
     if n_excluded == 0:
         return ", no refit (the first network flagged no rows, or too many to train on)"
     return f", after a refit without the {n_excluded} rows the first network flagged"
+
+
+def data_inputs(data, as_images):
+    """DATA as :func:`anomvae.files.check_outputs` reads inputs: for images,
+    also every image file that a folder or a pattern names."""
+    from ..errors import DataError
+    from ..images import list_images
+
+    inputs = {"DATA": data}
+    if as_images:
+        with contextlib.suppress(DataError):  # the command itself names what is wrong
+            inputs["an image of DATA"] = list_images(data)
+    return inputs

@@ -9,7 +9,7 @@ import time
 import click
 
 from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
-from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_options
+from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, refuse_csv_options
 
 
 @main.command()
@@ -61,7 +61,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     ignored. Images are resized to the model's size.
     """
     started = time.monotonic()
-    from ..files import atomic_write, check_outputs
+    from ..files import atomic_write, check_outputs, storage_errors
     from ..images import is_image_source
     from ..metrics_file import metrics_text
     from ..persistence import load_with_metadata, read_metadata
@@ -69,7 +69,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     from ..tables import display_name
 
     check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file,
-                   "--heatmaps": heatmaps}, {"MODEL": model, "DATA": data})
+                   "--heatmaps": heatmaps}, {"MODEL": model, **data_inputs(data, is_image_source(data))})
     check_dialect(delimiter, decimal)
     image_model = model_kind(read_metadata(model)) == "images"
     if image_model != is_image_source(data):
@@ -110,16 +110,23 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                 # Only the stderr warning, the JSON summary and the metrics read the shift test.
                 shift_test=bool(summary_json or metrics_file) or not quiet,
             )
-        results.close()  # the results are in place: a failure from here on is the summary's or the metrics'
+        # The summary and the metrics are written (and flushed, so that a
+        # full device says so now) before the results are renamed into
+        # place: a failure of either leaves the results file as it was.
         if summary_stream is not None:
-            # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
-            json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream, indent=2,
-                      allow_nan=False)
-            summary_stream.write("\n")
+            with storage_errors(summary_json):
+                # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
+                json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream,
+                          indent=2, allow_nan=False)
+                summary_stream.write("\n")
+                summary_stream.flush()
         if metrics_stream is not None:
             labels = {"model": os.path.basename(model), "input": _input_label(data)}
             text = metrics_text(summary, labels, duration_seconds=time.monotonic() - started)
-            metrics_stream.write(text.encode("utf-8"))
+            with storage_errors(metrics_file):
+                metrics_stream.write(text.encode("utf-8"))
+                metrics_stream.flush()
+        results.close()
     if not quiet:
         _report(summary, display_name(data), "images" if image_model else "rows")
     if fail_on_anomaly and summary.anomalies:
