@@ -68,9 +68,12 @@ def check_outputs(outputs, inputs):
 
     Parameters
     ----------
-    outputs, inputs : dict
+    outputs : dict
         What each path is for the user (``"-o"``, ``"DATA"``), mapped to the
         path.
+    inputs : dict
+        The same for the inputs; a list of paths stands for every file it
+        holds (the images of a folder or glob pattern), and each is checked.
 
     Raises
     ------
@@ -80,10 +83,19 @@ def check_outputs(outputs, inputs):
     for what, output in outputs.items():
         if output is not None and not os.fspath(output):
             raise OutputError(f"{what} is an empty name; give a path")
-        for source_what, source in inputs.items():
-            if _same_file(output, source):
-                raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
-                                  "write to another file")
+        for source_what, sources in inputs.items():
+            for source in _each(output, sources):
+                if _same_file(output, source):
+                    raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
+                                      "write to another file")
+
+
+def _each(output, sources):
+    """The paths of one input: a path, or a list of existing files, which
+    only an existing ``output`` can name (this spares a stat per file)."""
+    if not isinstance(sources, (list, tuple)):
+        return [sources]
+    return sources if output is not None and output != "-" and os.path.lexists(output) else []
 
 
 def _same_file(output, source):

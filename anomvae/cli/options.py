@@ -218,6 +218,16 @@ IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
 COLORS = {1: "grayscale", 3: "rgb"}
 
 
+def data_inputs(data, images):
+    """DATA as :func:`anomvae.files.check_outputs` takes it: for images,
+    also every image file it holds, so that no output replaces one."""
+    if not images:
+        return {"DATA": data}
+    from ..images import list_images
+
+    return {"DATA": data, "an image of DATA": list_images(data)}
+
+
 def refuse_csv_options(ctx, names, data):
     """A usage error naming the CSV-only options given for image data,
     which would otherwise be ignored without a word."""
