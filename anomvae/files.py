@@ -71,10 +71,12 @@ def check_outputs(outputs, inputs):
 
     Parameters
     ----------
-    outputs, inputs : dict
+    outputs : dict
         What each path is for the user (``"-o"``, ``"DATA"``), mapped to the
-        path (for inputs, or a list of paths: the image files a folder or
-        a pattern names).
+        path.
+    inputs : dict
+        The same for the inputs; a list of paths stands for every file it
+        holds (the images of a folder or glob pattern), and each is checked.
 
     Raises
     ------
@@ -85,7 +87,7 @@ def check_outputs(outputs, inputs):
         if output is not None and not os.fspath(output):
             raise OutputError(f"{what} is an empty name; give a path")
         for source_what, sources in inputs.items():
-            for source in sources if isinstance(sources, list) else [sources]:
+            for source in _each(output, sources):
                 if _same_file(output, source):
                     raise OutputError(f"{what} {output} would overwrite {source_what} {source}; "
                                       "write to another file")
@@ -108,6 +110,14 @@ def _same_output(output, other):
     if found is not None and not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
         return False
     return os.path.realpath(output) == os.path.realpath(other) or _same_file(output, other)
+
+
+def _each(output, sources):
+    """The paths of one input: a path, or a list of existing files, which
+    only an existing ``output`` can name (this spares a stat per file)."""
+    if not isinstance(sources, (list, tuple)):
+        return [sources]
+    return sources if output is not None and output != "-" and os.path.lexists(output) else []
 
 
 def _same_file(output, source):

@@ -185,7 +185,14 @@ class FittedVAE:
         """
         X = self._validate_input(X)
         check_fpr(fpr)
-        reference = np.sort(-self._score_samples(X))
+        return self._calibrate_on_scores(-self._score_samples(X), fpr)
+
+    def _calibrate_on_scores(self, anomaly_scores, fpr):
+        """:meth:`calibrate` from the anomaly scores of reference rows
+        already scored (:func:`anomvae.scoring.calibrate_images` scores
+        them batch by batch)."""
+        check_fpr(fpr)
+        reference = np.sort(np.asarray(anomaly_scores, dtype=np.float64))
         self.threshold_ = conformal_threshold(reference, fpr)
         self.offset_ = -self.threshold_
         self.reference_scores_ = reference

@@ -161,18 +161,22 @@ class ResultWriter:
     was not scored), any ``before`` columns, ``is_anomaly``, ``status``
     (with ``mark_invalid``: "scored" or "not scored: why"), any ``after``
     columns. With ``only_anomalies`` only flagged rows (and rows not scored)
-    are written.
+    are written. ``rows_written`` counts the rows written so far.
     """
 
     def __init__(self, stream, summary, *, fmt="csv", mark_invalid=False, only_anomalies=False):
         self.stream, self.summary, self.fmt = stream, summary, fmt
         self.mark_invalid, self.only_anomalies = mark_invalid, only_anomalies
         self.header_written = False
+        self.rows_written = 0
 
     def write(self, ids, scores, valid, reasons, *, before=None, after=None):
         """Write one batch. ``ids`` maps output columns to per-row values;
         ``scores`` holds anomaly scores (NaN where ``valid`` is False);
-        ``reasons`` says why, one per row not scored, in order."""
+        ``reasons`` says why, one per row not scored, in order.
+
+        Returns the 1-based position in the output of each of the batch's
+        rows, 0 for a row left out by ``only_anomalies``."""
         invalid = ~valid
         flagged = valid & (scores > self.summary.threshold)
         out = pd.DataFrame(ids)
@@ -189,11 +193,15 @@ class ResultWriter:
             out["status"] = status
         for column, values in (after or {}).items():
             out[column] = values
+        written = flagged | invalid if self.only_anomalies else np.ones(len(out), dtype=bool)
         if self.only_anomalies:
-            out = out[flagged | invalid]
+            out = out[written]
         write_frame(out, self.stream, self.fmt, header=not self.header_written)
         self.header_written = True
         self.summary.count(scores, valid, flagged)
+        positions = np.where(written, self.rows_written + np.cumsum(written), 0)
+        self.rows_written += int(written.sum())
+        return positions
 
 
 class TopScores:

@@ -7,14 +7,15 @@ written unscored with the reason).
 """
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
 
 from . import images, tables
-from .calibration import conformal_p_values, score_shift
+from .calibration import check_fpr, conformal_p_values, score_shift
 from .errors import DataError
-from .explain import explanation_cells, heatmap_image
+from .explain import HeatScale, explanation_cells, heatmap_image
 from .files import folder_error, staged_folder
 from .results import ResultWriter, ScoringSummary, TopScores, check_id_columns, json_value
 
@@ -90,15 +91,11 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     features = feature_names(model)
     id_columns = list(id_columns)
     check_id_columns(id_columns)
-    if threshold is not None and not np.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     name = tables.display_name(path)
-    calibrated = getattr(model, "reference_scores_", None) is not None
-    summary = ScoringSummary(threshold=model.threshold_ if threshold is None else float(threshold),
-                             calibration_fpr=getattr(model, "calibration_fpr_", None))
+    summary = _summary(model, threshold)
     writer = ResultWriter(stream, summary, fmt=fmt, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
     standardizer = model.standardizer_
-    top, batch_scores = TopScores(summary_top), []
+    monitor = _Monitor(model, summary_top, shift_test)
     chunks = tables.iter_csv(path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
                              decimal=decimal, text_columns=id_columns)
     for chunk in chunks:
@@ -108,35 +105,63 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
             raise tables.invalid_rows_error(name, chunk.index[invalid], reasons, "fix them or pass --invalid-rows mark")
         scores, invalid, reasons = _scores(model, X, features, invalid, reasons, chunk.index, name, mark_invalid)
         valid = ~invalid
-        before, after = {}, {}
-        if calibrated:
-            p_values = np.full(len(X), np.nan)
-            p_values[valid] = conformal_p_values(model.reference_scores_, scores[valid])
-            before["p_value"] = p_values
+        before, after = monitor.p_values(scores, valid), {}
         if explain_top:
             flagged = valid & (scores > summary.threshold)
             after["explanation"] = explanation_cells(model, X, flagged, features, explain_top, fmt)
         ids = {c: chunk[c].to_numpy() for c in id_columns} if id_columns else {"row": chunk.index.to_numpy() + 1}
         why = [f"{r} (line {tables.line_number(row)})" for r, row in zip(reasons, chunk.index[invalid])]
         writer.write(ids, scores, valid, why, before=before, after=after)
-        if valid.any():
-            positions = np.flatnonzero(valid)
-            rows = chunk.index.to_numpy()[positions] + 1
-            top.add(scores[valid], rows, lambda i: (
-                {c: json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
-                else {"row": int(rows[i])}
-            ))
-            if shift_test:
-                batch_scores.append(scores[valid])
+        positions = np.flatnonzero(valid)
+        rows = chunk.index.to_numpy()[positions] + 1
+        monitor.add(scores[valid], rows, lambda i: (
+            {c: json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
+            else {"row": int(rows[i])}
+        ))
     stream.flush()
-    summary.top_anomalies = top.result()
-    if shift_test:
-        summary.score_shift = score_shift(
-            np.concatenate(batch_scores) if batch_scores else [],
-            reference_scores=getattr(model, "reference_scores_", None),
-            training_scores=getattr(model, "training_scores_", None),
-        )
-    return summary
+    return monitor.finish(summary)
+
+
+def _summary(model, threshold):
+    """The run's empty :class:`ScoringSummary`, at ``threshold`` or the model's."""
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return ScoringSummary(threshold=model.threshold_ if threshold is None else float(threshold),
+                          calibration_fpr=getattr(model, "calibration_fpr_", None))
+
+
+class _Monitor:
+    """What the CSV and image scorers add to the rows they write: p-values
+    against the calibration scores, the summary's top rows, and the scores
+    its shift test compares with the model's baseline."""
+
+    def __init__(self, model, summary_top, shift_test):
+        self.reference = getattr(model, "reference_scores_", None)
+        self.training = getattr(model, "training_scores_", None)
+        self.top, self.shift_test, self.scores = TopScores(summary_top), shift_test, []
+
+    def p_values(self, scores, valid):
+        """``{"p_value": column}`` (NaN where not scored) for a calibrated
+        model; nothing for another."""
+        if self.reference is None:
+            return {}
+        p_values = np.full(len(scores), np.nan)
+        p_values[valid] = conformal_p_values(self.reference, scores[valid])
+        return {"p_value": p_values}
+
+    def add(self, scores, rows, identity):
+        """Offer the scored rows of a batch (see :meth:`TopScores.add`)."""
+        if len(scores):
+            self.top.add(scores, rows, identity)
+            if self.shift_test:
+                self.scores.append(scores)
+
+    def finish(self, summary):
+        summary.top_anomalies = self.top.result()
+        if self.shift_test:
+            summary.score_shift = score_shift(np.concatenate(self.scores) if self.scores else [],
+                                              reference_scores=self.reference, training_scores=self.training)
+        return summary
 
 
 def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid):
@@ -167,7 +192,7 @@ def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid):
 
 
 def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size=256, mark_invalid=False,
-                 only_anomalies=False, heatmaps=None):
+                 only_anomalies=False, heatmaps=None, heatmap_scale="model", summary_top=10, shift_test=True):
     """Score images batch by batch and write one result row per image.
 
     Parameters
@@ -180,7 +205,7 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
         Folder, glob pattern, image file(s) or ``.npy``/``.npz`` array.
     stream : text file object
     threshold : float, default=None
-        Anomaly-score cut in nats; ``None`` uses ``model.threshold_``.
+        Anomaly-score cut in nats, finite; ``None`` uses ``model.threshold_``.
     fmt : {"csv", "jsonl"}, default="csv"
     batch_size : int, default=256
         Images read and scored at a time.
@@ -189,22 +214,39 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
         :class:`~anomvae.errors.DataError` naming it; with True it is written
         with an empty score and a ``status`` column saying why.
     only_anomalies : bool, default=False
+        Write only flagged images (and images not scored), and heatmaps of
+        the flagged ones only.
     heatmaps : str, default=None
-        Folder to write, per scored image, a PNG of its per-pixel
-        contributions over the image (:func:`anomvae.explain.heatmap_image`),
-        named ``NNNNNN_STEM.png`` after its position in the output and its
-        name. They appear only when every image was scored.
+        Folder to write, per image written to the output and scored, a PNG
+        of its per-pixel contributions over the image with its score, flag
+        and a colour legend (:func:`anomvae.explain.heatmap_image`), named
+        by :func:`heatmap_name` so that the files sort as the output rows.
+        They appear only when every image was scored.
+    heatmap_scale : {"model", "image"}, default="model"
+        One colour scale for every image, from the model's baseline scores
+        (:meth:`anomvae.explain.HeatScale.for_model`), or each image's own.
+    summary_top : int, default=10
+        How many of the highest-scoring images the summary lists, by path.
+    shift_test : bool, default=True
+        As for :func:`score_csv`.
 
     Returns
     -------
     ScoringSummary
         Counting images as rows.
+
+    Notes
+    -----
+    When the model is calibrated a ``p_value`` column follows
+    ``anomaly_score``, as for :func:`score_csv`.
     """
-    shape = getattr(model, "image_shape_", None)
-    if shape is None:
-        raise ValueError("this model was not trained on images; score a CSV file with it")
-    summary = ScoringSummary(threshold=model.threshold_ if threshold is None else float(threshold))
+    shape = _image_shape(model)
+    if heatmap_scale not in ("model", "image"):
+        raise ValueError(f"heatmap_scale must be 'model' or 'image', got {heatmap_scale!r}")
+    summary = _summary(model, threshold)
     writer = ResultWriter(stream, summary, fmt=fmt, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
+    monitor = _Monitor(model, summary_top, shift_test)
+    scale = HeatScale.for_model(model) if heatmap_scale == "model" else None
     batches = images.iter_images(source, size=shape[1:], grayscale=shape[0] == 1, batch_size=batch_size,
                                  skip_unreadable=mark_invalid)
     with staged_folder(heatmaps, "heatmaps") as staging:
@@ -213,19 +255,90 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
             scores = np.full(len(paths), np.nan)
             if valid.any():
                 scores[valid] = -model.score_samples(pixels[valid])
-            if staging is not None and valid.any():
-                _draw_heatmaps(model, paths, pixels, valid, staging, summary.rows, heatmaps)
-            writer.write({"path": paths}, scores, valid, [p for p in problems if p is not None])
+            positions = writer.write({"path": paths}, scores, valid, [p for p in problems if p is not None],
+                                     before=monitor.p_values(scores, valid))
+            scored = np.flatnonzero(valid)
+            rows = summary.rows - len(paths) + scored + 1
+            monitor.add(scores[scored], rows, lambda i: {"path": paths[scored[i]]})
+            drawn = valid & (positions > 0)
+            if staging is not None and drawn.any():
+                _draw_heatmaps(model, paths, pixels, scores, drawn, positions, scale, summary.threshold, staging,
+                               heatmaps)
         stream.flush()
-    return summary
+    return monitor.finish(summary)
 
 
-def _draw_heatmaps(model, paths, pixels, valid, folder, n_before, target):
-    contributions = model.feature_contributions(pixels[valid])
-    for row, i in enumerate(np.flatnonzero(valid)):
-        stem = os.path.splitext(os.path.basename(paths[i]))[0]
-        picture = heatmap_image(pixels[i], contributions[row], model.image_shape_)
+def _image_shape(model):
+    shape = getattr(model, "image_shape_", None)
+    if shape is None:
+        raise ValueError("this model was not trained on images; score a CSV file with it")
+    return shape
+
+
+def heatmap_name(position, path):
+    """The file name of an image's heatmap: ``NNNNNN-STEM.png``, its
+    1-based position in the output, zero-padded to six digits, and its file
+    name without the extension (``STEM-i`` for image ``i`` of an array
+    file), so that names sort as the output rows (up to 999,999 rows)."""
+    name = os.path.basename(path)
+    row = re.fullmatch(r"(.+)\[(\d+)\]", name)
+    if row and row[1].lower().endswith(images.ARRAY_EXTENSIONS):
+        name = f"{os.path.splitext(row[1])[0]}-{row[2]}"
+    return f"{position:06d}-{os.path.splitext(name)[0]}.png"
+
+
+def _draw_heatmaps(model, paths, pixels, scores, drawn, positions, scale, threshold, folder, target):
+    rows = np.flatnonzero(drawn)
+    contributions = model.feature_contributions(pixels[rows])
+    for i, contribution in zip(rows, contributions):
+        picture = heatmap_image(pixels[i], contribution, model.image_shape_, scale=scale, score=scores[i],
+                                threshold=threshold)
         try:
-            picture.save(os.path.join(folder, f"{n_before + i + 1:06d}_{stem}.png"))
+            picture.save(os.path.join(folder, heatmap_name(positions[i], paths[i])))
         except OSError as exc:
             raise folder_error(target, "heatmaps", exc) from None
+
+
+def calibrate_images(model, source, *, fpr=0.01, batch_size=256, skip_unreadable=False):
+    """Calibrate an image model on images known to be normal.
+
+    The images are read exactly as :func:`score_images` reads them (the
+    model's size and colour mode) and scored ``batch_size`` at a time, so a
+    large reference folder never sits in memory; the model is then
+    calibrated on their scores as :meth:`~anomvae.VAEAnomalyDetector.calibrate`
+    calibrates on rows.
+
+    Parameters
+    ----------
+    model : VAEAnomalyDetector or ScoringModel
+        Fitted on images; calibrated in place.
+    source : str or list of str
+        Folder, glob pattern, image file(s) or ``.npy``/``.npz`` array.
+    fpr : float, default=0.01
+    batch_size : int, default=256
+    skip_unreadable : bool, default=False
+        An unreadable or truncated image raises
+        :class:`~anomvae.errors.DataError` naming it; with True it is left
+        out and listed in the result.
+
+    Returns
+    -------
+    n_images : int
+        Images calibrated on.
+    skipped : list of (str, str)
+        The path of each image left out, and why.
+    """
+    shape = _image_shape(model)
+    check_fpr(fpr)
+    scores, skipped = [], []
+    for paths, pixels, problems in images.iter_images(source, size=shape[1:], grayscale=shape[0] == 1,
+                                                      batch_size=batch_size, skip_unreadable=skip_unreadable):
+        valid = np.array([p is None for p in problems])
+        skipped += [(path, problem) for path, problem in zip(paths, problems) if problem is not None]
+        if valid.any():
+            scores.append(-model.score_samples(pixels[valid]))
+    scores = np.concatenate(scores) if scores else np.empty(0)
+    if not len(scores):
+        raise DataError(f"{source}: no image could be read ({len(skipped)} skipped); nothing to calibrate on")
+    model._calibrate_on_scores(scores, fpr)
+    return len(scores), skipped

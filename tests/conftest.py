@@ -265,6 +265,21 @@ def image_model(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def image_reference(tmp_path_factory):
+    """A folder of 100 images of the digit 0 that ``image_model`` was not trained on."""
+    return write_digits(tmp_path_factory.mktemp("reference") / "reference", 0, 100, start=60)
+
+
+@pytest.fixture(scope="session")
+def calibrated_image_model(image_model, image_reference):
+    """``image_model`` calibrated by ``anomvae calibrate`` on ``image_reference`` for a false-alarm rate of 0.1."""
+    path = image_model.with_name("calibrated.anomvae")
+    result = invoke("calibrate", image_model, image_reference, "--fpr", "0.1", "-o", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
 @pytest.fixture
 def new_images(tmp_path):
     """A folder of 5 new images of the digit 0 and 3 of the digit 7."""

@@ -1,6 +1,6 @@
 """anomvae score (anomvae.cli.score and anomvae.scoring): CSV data, p-values,
---explain and --summary-json, images and heatmaps. (How CSV files are read
-and their errors named: test_tables.py.)"""
+--explain and --summary-json. (How CSV files are read and their errors named:
+test_tables.py; image models: test_cli_score_images.py.)"""
 
 import gzip
 import io
@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 from conftest import FEATURES, NEW, QUICK, TRAIN, assert_input_error, assert_runs_without, invoke, score_frame
 from conftest import draw_cli_rows as draw
-from PIL import Image
-from sklearn.datasets import load_digits
 
 import anomvae
 from anomvae.detector import VAEAnomalyDetector
@@ -473,40 +471,6 @@ def test_failed_score_keeps_the_previous_metrics_file(files, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["anomvae.prom", "bad.csv", "out.csv"]
 
 
-# ------------------------------------------------ images and heatmaps
-
-
-def test_score_writes_one_row_per_image(image_model, new_images):
-    result = invoke("score", image_model, new_images)
-    assert result.exit_code == 0, result.output
-    frame = pd.read_csv(io.StringIO(result.stdout), float_precision="round_trip")
-    assert list(frame.columns) == ["path", "anomaly_score", "is_anomaly"]
-    assert len(frame) == 8 and frame["path"].str.endswith(".png").all()
-    detector = anomvae.load(image_model)
-    from anomvae.images import read_images
-
-    paths, X = read_images(str(new_images), size=(8, 8), grayscale=True)
-    assert list(frame["path"]) == paths
-    np.testing.assert_array_equal(frame["anomaly_score"], -detector.score_samples(X))
-    assert "8 images" in result.stderr
-
-
-def test_scoring_images_without_heatmaps_does_not_import_scikit_learn(image_model, new_images, tmp_path):
-    assert_runs_without(["score", str(image_model), str(new_images), "-o", str(tmp_path / "s.csv"), "-q"], "sklearn")
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 8
-
-
-def test_score_options_as_for_csv(image_model, new_images, tmp_path):
-    out = tmp_path / "r.jsonl"
-    result = invoke("score", image_model, str(new_images / "*.png"), "-o", out, "--threshold", "-1e9",
-                    "--fail-on-anomaly")
-    assert result.exit_code == 1
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 8 and all(r["is_anomaly"] is True for r in records)
-    only = invoke("score", image_model, new_images, "--only-anomalies", "--threshold", "1e9")
-    assert only.exit_code == 0 and only.stdout.strip() == "path,anomaly_score,is_anomaly"
-
-
 def test_metrics_file_for_images(image_model, new_images, tmp_path):
     broken = new_images / "0_002.png"
     broken.write_bytes(broken.read_bytes()[:40])
@@ -521,119 +485,6 @@ def test_metrics_file_for_images(image_model, new_images, tmp_path):
     assert metrics["anomvae_threshold_nats"][1] == anomvae.load(image_model).threshold_
     assert metrics["anomvae_max_score_nats"][1] == out["anomaly_score"].max()
     assert "anomvae_last_success_timestamp_seconds" in metrics
-
-
-def test_heatmaps_one_png_per_image(image_model, new_images, tmp_path):
-    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "maps")
-    assert result.exit_code == 0, result.output
-    maps = sorted((tmp_path / "maps").iterdir())
-    assert len(maps) == 8 and maps[0].name == "000001_0_000.png"
-    picture = Image.open(maps[0])
-    assert picture.mode == "RGB" and picture.size == (256, 256)
-    pixels = np.asarray(picture, dtype=int)
-    assert (pixels[..., 0] > pixels[..., 1]).any()  # some red where the score comes from
-
-
-def test_failed_score_adds_no_heatmap(image_model, new_images, tmp_path):
-    # The broken image comes in the second batch of two: the first batch's
-    # heatmaps were drawn before the error, and must not be left behind.
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "earlier.png").write_bytes(b"kept")
-    broken = new_images / "7_000.png"
-    broken.write_bytes(broken.read_bytes()[:40])
-    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "maps", "--chunk-size", "2")
-    assert_input_error(result, "7_000.png", "not a readable image")
-    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["earlier.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "new"]
-    # A folder the failed command would have created is not left behind either.
-    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "fresh", "--chunk-size", "2")
-    assert result.exit_code == 2 and not (tmp_path / "fresh").exists()
-
-
-def test_heatmaps_never_go_into_the_images_folder(image_model, new_images):
-    before = sorted(os.listdir(new_images))
-    result = invoke("score", image_model, new_images, "--heatmaps", new_images)
-    assert_input_error(result, f"--heatmaps {new_images} would overwrite DATA")
-    assert sorted(os.listdir(new_images)) == before
-
-
-@pytest.mark.parametrize("as_pattern", [False, True])
-def test_results_never_overwrite_an_image_of_the_data(image_model, new_images, as_pattern):
-    target = sorted(new_images.iterdir())[0]
-    before = target.read_bytes()
-    data = str(new_images / "*.png") if as_pattern else new_images
-    result = invoke("score", image_model, data, "-o", target)
-    assert_input_error(result, f"-o {target} would overwrite an image of DATA")
-    assert target.read_bytes() == before
-
-
-def test_unwritable_heatmaps_folder_is_an_input_error(image_model, new_images, tmp_path):
-    (tmp_path / "file").write_text("not a folder")
-    result = invoke("score", image_model, new_images, "--heatmaps", tmp_path / "file" / "maps")
-    assert_input_error(result, "cannot write heatmaps to", "file/maps")
-
-
-@pytest.mark.parametrize("option", [["--id-column", "a"], ["--delimiter", ";"]])
-def test_csv_options_are_refused_when_scoring_images(image_model, new_images, option):
-    result = invoke("score", image_model, new_images, *option)
-    assert result.exit_code == 2 and f"{option[0]} apply to CSV data" in result.stderr and result.stdout == ""
-
-
-def test_truncated_image_is_named_or_marked(image_model, new_images, tmp_path):
-    broken = new_images / "0_002.png"
-    broken.write_bytes(broken.read_bytes()[:40])
-    result = invoke("score", image_model, new_images, "-o", tmp_path / "r.csv")
-    assert_input_error(result, "0_002.png", "not a readable image")
-    assert not (tmp_path / "r.csv").exists()
-    marked = invoke("score", image_model, new_images, "--invalid-rows", "mark")
-    assert marked.exit_code == 0, marked.output
-    frame = pd.read_csv(io.StringIO(marked.stdout), keep_default_na=False)
-    row = frame[frame["path"].str.endswith("0_002.png")].iloc[0]
-    assert row["anomaly_score"] == "" and row["status"].startswith("not scored: not a readable image")
-    assert (frame["status"] == "scored").sum() == 7
-    assert "1 not scored" in marked.stderr
-
-
-def test_empty_folder_is_an_input_error(image_model, tmp_path):
-    (tmp_path / "empty").mkdir()
-    assert_input_error(invoke("score", image_model, tmp_path / "empty"), "no image files")
-    assert_input_error(invoke("fit", tmp_path / "empty", "-o", tmp_path / "m"), "no image files")
-
-
-def test_csv_and_image_models_refuse_the_other_input(image_model, new_images, tmp_path):
-    assert_input_error(invoke("score", image_model, TRAIN), "model of images", "is a CSV file")
-    csv_model = tmp_path / "csv.anomvae"
-    assert invoke("fit", TRAIN, "-o", csv_model, "--max-epochs", "1").exit_code == 0
-    assert_input_error(invoke("score", csv_model, new_images), "model of CSV data", "is images")
-
-
-def test_mixed_sizes_and_arrays_are_scored(image_model, new_images, tmp_path):
-    Image.fromarray(np.full((20, 13), 90, dtype=np.uint8), mode="L").save(new_images / "big.png")
-    result = invoke("score", image_model, new_images)
-    assert result.exit_code == 0 and len(pd.read_csv(io.StringIO(result.stdout))) == 9
-    data = load_digits()
-    np.save(tmp_path / "digits.npy", (data.images[:4] * 255 / 16).astype(np.uint8))
-    scored = invoke("score", image_model, tmp_path / "digits.npy")
-    frame = pd.read_csv(io.StringIO(scored.stdout))
-    assert list(frame["path"]) == [f"{tmp_path / 'digits.npy'}[{i}]" for i in range(4)]
-
-
-def test_16_bit_images_are_scored_at_full_precision(image_model, tmp_path):
-    folder = tmp_path / "deep"
-    folder.mkdir()
-    # The same digit at 16 bits, once as is and once 200/65535 brighter. Its
-    # levels are multiples of 256 from 256 up, so both would be the same image
-    # at 8 bits, whether clipped to 255 (as Pillow's convert("L") does) or
-    # cut to their high byte.
-    digit = load_digits().images[0].astype(np.uint16) * 15 * 256 + 256
-    Image.fromarray(digit).save(folder / "a.png")
-    Image.fromarray(digit + 200).save(folder / "b.png")
-    result = invoke("score", image_model, folder)
-    assert result.exit_code == 0, result.output
-    scores = pd.read_csv(io.StringIO(result.stdout))["anomaly_score"]
-    assert scores[0] != scores[1]
-    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(folder / "c.tif")
-    assert_input_error(invoke("score", image_model, folder), "c.tif", "0 to 65535")
 
 
 @pytest.fixture(scope="module")

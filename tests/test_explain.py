@@ -1,6 +1,9 @@
 """anomvae.explain and the per-feature contributions behind it: contributions
-and the KL term add up to the score, and point at the planted column or pixels.
-(Heatmaps are drawn by the score command: test_cli_score.py.)"""
+and the KL term add up to the score, and point at the planted column or pixels;
+heatmaps on one scale per model. (Heatmaps as the score command writes them:
+test_cli_score_images.py.)"""
+
+import copy
 
 import numpy as np
 import pandas as pd
@@ -9,7 +12,7 @@ from conftest import FEATURES, digits
 from conftest import draw_rows as draw
 
 from anomvae import VAEAnomalyDetector
-from anomvae.explain import explain
+from anomvae.explain import HeatScale, explain, heatmap_image
 
 # ------------------------------------------------------------- tables
 
@@ -69,3 +72,53 @@ def test_contributions_point_at_the_changed_pixels(conv_model):
     before, after = conv_model.feature_contributions(np.vstack([image, blotted.reshape(-1)]))
     increase = (after - before).reshape(8, 8)
     assert increase[5:8, 0:3].sum() > increase.sum() - increase[5:8, 0:3].sum()
+
+
+# ----------------------------------------------------------- heatmaps
+
+
+def _redness(picture):
+    pixels = np.asarray(picture, dtype=float)
+    return np.clip(pixels[..., 0] - pixels[..., 1:].mean(axis=-1), 0, None).mean()
+
+
+def test_the_model_scale_starts_at_a_typical_normal_pixel(conv_model):
+    scale = HeatScale.for_model(conv_model)
+    assert scale.low == np.median(conv_model.training_scores_) / 64 and not scale.per_image
+    assert scale.high == pytest.approx(scale.low + np.log(100))
+    calibrated = copy.deepcopy(conv_model).calibrate(  # leaves the shared fixture alone
+        digits(0)[120:170], fpr=0.1)
+    assert HeatScale.for_model(calibrated).low == np.median(calibrated.reference_scores_) / 64
+
+
+def test_normal_images_look_calm_and_anomalies_hot_on_the_model_scale(conv_model, test_images):
+    contributions = conv_model.feature_contributions(test_images)
+    scale = HeatScale.for_model(conv_model)
+    redness = np.array([_redness(heatmap_image(x, c, (1, 8, 8), scale=scale, legend=False))
+                        for x, c in zip(test_images, contributions)])
+    zeros, threes = redness[:-40], redness[-40:]
+    assert zeros.mean() < 0.4 * threes.mean()
+    assert np.median(zeros) < np.percentile(threes, 10)
+    own = np.array([_redness(heatmap_image(x, c, (1, 8, 8), legend=False)) for x, c in zip(test_images, contributions)])
+    assert own[:-40].mean() > 0.7 * own[-40:].mean()  # each image's own scale hides the difference
+
+
+def test_the_caption_shows_the_flag_and_the_legend_the_scale(conv_model, test_images):
+    contributions = conv_model.feature_contributions(test_images[:1])[0]
+    scale = HeatScale(0.5, 5.1)
+    bare = heatmap_image(test_images[0], contributions, (1, 8, 8), scale=scale, legend=False)
+    assert bare.size == (256, 256)
+    caption = {}
+    for score in (30.0, 10.0):
+        picture = heatmap_image(test_images[0], contributions, (1, 8, 8), scale=scale, score=score, threshold=20.0,
+                                legend=False)
+        assert picture.width == 256 and picture.height > 256
+        assert np.array_equal(np.asarray(picture)[:256], np.asarray(bare))
+        caption[score] = np.asarray(picture, dtype=int)[256:]
+    red = lambda p: ((p[..., 0] > 150) & (p[..., 1] < 80)).sum()  # noqa: E731
+    green = lambda p: ((p[..., 1] > p[..., 0] + 40) & (p[..., 1] > p[..., 2] + 40)).sum()  # noqa: E731
+    assert red(caption[30.0]) > 20 and green(caption[30.0]) == 0  # ANOMALY in red
+    assert green(caption[10.0]) > 20 and red(caption[10.0]) == 0  # normal in green
+    legend = heatmap_image(test_images[0], contributions, (1, 8, 8), scale=scale)
+    bar = np.asarray(legend, dtype=int)[256:]
+    assert red(bar) > 20  # the colour bar reaches full colour

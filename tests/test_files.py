@@ -138,6 +138,22 @@ def test_outputs_that_name_an_input_are_refused(tmp_path, monkeypatch):
     assert (tmp_path / "data.csv").read_text() == "a\n1\n"
 
 
+def test_an_output_naming_one_of_the_files_of_an_input_is_refused(tmp_path):
+    from anomvae.files import check_outputs
+
+    (tmp_path / "images").mkdir()
+    files = [tmp_path / "images" / name for name in ("a.png", "b.png")]
+    for path in files:
+        path.write_bytes(b"image")
+    os.link(files[1], tmp_path / "hard.png")
+    inputs = {"DATA": tmp_path / "images", "an image of DATA": files}
+    for same, named in ((files[0], files[0]), (tmp_path / "hard.png", files[1])):
+        with pytest.raises(OutputError, match=f"-o {same} would overwrite an image of DATA {named}"):
+            check_outputs({"-o": same}, inputs)
+    # A new file in the folder replaces none of them.
+    check_outputs({"-o": tmp_path / "images" / "scores.csv", "--summary-json": "-"}, inputs)
+
+
 def test_an_empty_name_is_an_output_error():
     with pytest.raises(OutputError, match="empty file name"), atomic_write(""):
         pass

@@ -103,3 +103,17 @@ def test_id_columns_may_not_take_an_output_column_name(column):
     with pytest.raises(DataError, match=f"the id column '{column}' has the name of a column that score writes"):
         check_id_columns(["id", column])
     check_id_columns(["id", "row", "path"])
+
+
+@pytest.mark.parametrize("only_anomalies", [False, True])
+def test_the_writer_says_where_each_row_went(only_anomalies):
+    out = io.StringIO()
+    writer = ResultWriter(out, ScoringSummary(threshold=1.0), only_anomalies=only_anomalies, mark_invalid=True)
+    positions = [writer.write({"row": rows}, np.asarray(scores), np.isfinite(scores), reasons)
+                 for rows, scores, reasons in (([1, 2, 3], [0.5, 2.0, np.nan], ["bad"]), ([4, 5], [3.0, 0.1], []))]
+    written = pd.read_csv(io.StringIO(out.getvalue()))["row"].tolist()
+    if only_anomalies:
+        assert [p.tolist() for p in positions] == [[0, 1, 2], [3, 0]] and written == [2, 3, 4]
+    else:
+        assert [p.tolist() for p in positions] == [[1, 2, 3], [4, 5]] and written == [1, 2, 3, 4, 5]
+    assert writer.rows_written == len(written)

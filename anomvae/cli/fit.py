@@ -57,9 +57,10 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, inva
     from ..preprocessing import Standardizer
     from ..results import check_id_columns
 
-    check_outputs({"-o": output}, data_inputs(data, force_images or is_image_source(data)))
+    images = force_images or is_image_source(data)
+    check_outputs({"-o": output}, data_inputs(data, images))
     params = estimator_params(values)
-    if force_images or is_image_source(data):
+    if images:
         refuse_csv_options(ctx, ("columns", "exclude", "id_column", "delimiter", "decimal", "invalid_rows"), data)
         for param, default in IMAGE_DEFAULTS.items():
             if ctx.get_parameter_source(param) == click.core.ParameterSource.DEFAULT:

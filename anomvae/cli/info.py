@@ -102,7 +102,7 @@ def _text(summary):
         f"threshold:  {_number(summary['threshold'], '.6g')} nats (negative ELBO)",
         "calibrated: " + (
             f"for a false-alarm rate of {_number(summary['calibration']['fpr'], 'g')} on "
-            f"{summary['calibration']['reference_rows']} reference rows"
+            f"{summary['calibration']['reference_rows']} reference {'images' if kind == 'images' else 'rows'}"
             if summary["calibration"] else "no (threshold from contamination)"
         ),
         f"training:   {training.get('rows', '?')} {'images' if kind == 'images' else 'rows'} from "

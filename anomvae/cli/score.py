@@ -33,8 +33,11 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 @click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or write them "
               "unscored with a 'status' column saying why.")
-@click.option("--heatmaps", type=click.Path(file_okay=False), help="Image models: write per image a PNG "
-              "of where its anomaly score comes from into this folder.")
+@click.option("--heatmaps", type=click.Path(file_okay=False), help="Image models: write per image written "
+              "a PNG of where its anomaly score comes from, with its score and flag, into this folder.")
+@click.option("--heatmap-scale", type=click.Choice(["model", "image"]), default="model", show_default=True,
+              help="Colour scale of --heatmaps: one for the model (from its calibration or training scores, "
+              "so that images compare), or each image's own.")
 @click.option("--explain", "explain_top", type=click.IntRange(min=0), default=0, metavar="K",
               help="Add an 'explanation' of each flagged row: its K features that add most to "
               "the anomaly score, with observed and reconstructed values.")
@@ -49,39 +52,37 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 @click.pass_context
 @input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
-          chunk_size, delimiter, decimal, invalid_rows, heatmaps, explain_top, summary_json, summary_top, metrics_file,
-          quiet):
+          chunk_size, delimiter, decimal, invalid_rows, heatmaps, heatmap_scale, explain_top, summary_json,
+          summary_top, metrics_file, quiet):
     """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
     image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
     Writes the id columns (or the 1-based 'row' number; for images the
     'path'), 'anomaly_score' (the negative ELBO, in nats), 'p_value'
-    (calibrated tabular models only) and 'is_anomaly' for each row. CSV
+    (calibrated models only) and 'is_anomaly' for each row. CSV
     columns are matched by name: order does not matter and extra columns are
     ignored. Images are resized to the model's size.
     """
     started = time.monotonic()
     from ..files import atomic_write, check_outputs, storage_errors
-    from ..images import is_image_source
     from ..metrics_file import metrics_text
-    from ..persistence import load_with_metadata, read_metadata
+    from ..persistence import load_with_metadata
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
-    check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file,
-                   "--heatmaps": heatmaps}, {"MODEL": model, **data_inputs(data, is_image_source(data))})
     check_dialect(delimiter, decimal)
-    image_model = model_kind(read_metadata(model)) == "images"
-    if image_model != is_image_source(data):
-        kind = "images" if image_model else "CSV data"
-        raise InputError(f"{model} is a model of {kind}, but {display_name(data)} is "
-                         f"{'a CSV file' if image_model else 'images'}")
+    image_model = _image_model(model, data)
+    check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file,
+                   "--heatmaps": heatmaps}, {"MODEL": model, **data_inputs(data, image_model)})
     if heatmaps and not image_model:
         raise click.UsageError("--heatmaps applies to image models only")
+    if not heatmaps and ctx.get_parameter_source("heatmap_scale") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--heatmap-scale applies with --heatmaps")
     if image_model:
         refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
-    if image_model and (explain_top or summary_json):
-        raise click.UsageError("--explain and --summary-json apply to tabular models only")
+    if image_model and explain_top:
+        raise click.UsageError("--explain applies to tabular models; for an image model, --heatmaps DIR draws "
+                               "where each image's score comes from")
     # Scores alone need only the network: skip importing scikit-learn.
     detector, metadata = load_with_metadata(model, scoring_only=not (heatmaps or explain_top))
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
@@ -96,20 +97,16 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         summary_stream = outputs.enter_context(atomic_write(summary_json)) if summary_json else None
         results = outputs.enter_context(contextlib.ExitStack())
         stream = results.enter_context(atomic_write(output))
+        common = dict(threshold=cut, fmt=fmt, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
+                      summary_top=summary_top,
+                      # Only the stderr warning, the JSON summary and the metrics read the shift test.
+                      shift_test=bool(summary_json or metrics_file) or not quiet)
         if image_model:
-            summary = score_images(
-                detector, data, stream, threshold=cut, fmt=fmt, batch_size=chunk_size or 256,
-                mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies, heatmaps=heatmaps,
-            )
+            summary = score_images(detector, data, stream, batch_size=chunk_size or 256, heatmaps=heatmaps,
+                                   heatmap_scale=heatmap_scale, **common)
         else:
-            summary = score_csv(
-                detector, data, stream, id_columns=ids, threshold=cut, fmt=fmt, chunk_size=chunk_size or 10_000,
-                delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
-                only_anomalies=only_anomalies,
-                explain_top=explain_top, summary_top=summary_top,
-                # Only the stderr warning, the JSON summary and the metrics read the shift test.
-                shift_test=bool(summary_json or metrics_file) or not quiet,
-            )
+            summary = score_csv(detector, data, stream, id_columns=ids, chunk_size=chunk_size or 10_000,
+                                delimiter=delimiter, decimal=decimal, explain_top=explain_top, **common)
         # The summary and the metrics are written (and flushed, so that a
         # full device says so now) before the results are renamed into
         # place: a failure of either leaves the results file as it was.
@@ -136,6 +133,20 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
 def _input_label(data):
     """The ``input`` label of the metrics: DATA's file or folder name."""
     return "<stdin>" if data == "-" else os.path.basename(os.path.normpath(data))
+
+
+def _image_model(model, data):
+    """Whether MODEL is an image model; an input error when DATA is the other kind."""
+    from ..images import is_image_source
+    from ..persistence import read_metadata
+    from ..tables import display_name
+
+    image_model = model_kind(read_metadata(model)) == "images"
+    if image_model != is_image_source(data):
+        kind = "images" if image_model else "CSV data"
+        raise InputError(f"{model} is a model of {kind}, but {display_name(data)} is "
+                         f"{'a CSV file' if image_model else 'images'}")
+    return image_model
 
 
 def _report(summary, name, what):
@@ -168,39 +179,60 @@ def _report(summary, name, what):
 @click.option("--decimal", type=Character(), default=".", show_default=True,
               help="Decimal mark of the CSV's numbers (',' for 1,5).")
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="Rows with empty, NaN or infinite values: fail naming them, or leave them out.")
+              help="Rows with empty, NaN or infinite values, or unreadable images: fail naming them, or "
+              "leave them out (listed on stderr).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@click.pass_context
 @input_errors
-def calibrate(model, data, fpr, output, delimiter, decimal, invalid_rows, quiet):
-    """Set MODEL's threshold from DATA, rows known to be normal (- for stdin).
+def calibrate(ctx, model, data, fpr, output, delimiter, decimal, invalid_rows, quiet):
+    """Set MODEL's threshold from DATA, rows known to be normal (- for stdin),
+    or for an image MODEL, images known to be normal (a folder, a glob,
+    image files, .npy/.npz).
 
-    The new threshold flags a fraction FPR of such rows, and 'anomvae score'
-    adds a 'p_value' column. DATA should not be the training data.
+    The new threshold flags a fraction FPR of such rows or images, and
+    'anomvae score' adds a 'p_value' column. DATA should not be the
+    training data.
     """
     from ..files import check_outputs
     from ..persistence import load_with_metadata, save
-    from ..scoring import feature_names
+    from ..scoring import calibrate_images, feature_names
     from ..tables import display_name, lines_text, read_feature_rows
 
     check_dialect(delimiter, decimal)
+    image_model = _image_model(model, data)
     # Without -o, or with -o MODEL, the model is replaced by design.
-    check_outputs({"-o": output}, {"DATA": data})
+    check_outputs({"-o": output}, data_inputs(data, image_model))
+    if image_model:
+        refuse_csv_options(ctx, ("delimiter", "decimal"), data)
     detector, metadata = load_with_metadata(model)
-    X, skipped = read_feature_rows(data, feature_names(detector), detector.standardizer_, delimiter=delimiter,
-                                   decimal=decimal, skip_invalid=invalid_rows == "skip")
     name = display_name(data)
-    if not len(X):
-        raise InputError(f"{name}: every row was skipped for empty, NaN or infinite values "
-                         f"(line(s) {lines_text(skipped)}); nothing to calibrate on")
-    detector.calibrate(X, fpr=fpr)
+    if image_model:
+        count, skipped = calibrate_images(detector, data, fpr=fpr, skip_unreadable=invalid_rows == "skip")
+        what = "images"
+        note = f"{name}: skipped {len(skipped)} image(s) that could not be read: {_problems_text(skipped)}"
+    else:
+        X, skipped = read_feature_rows(data, feature_names(detector), detector.standardizer_, delimiter=delimiter,
+                                       decimal=decimal, skip_invalid=invalid_rows == "skip")
+        if not len(X):
+            raise InputError(f"{name}: every row was skipped for empty, NaN or infinite values "
+                             f"(line(s) {lines_text(skipped)}); nothing to calibrate on")
+        detector.calibrate(X, fpr=fpr)
+        count, what = len(X), "rows"
+        note = (f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values "
+                f"at line(s) {lines_text(skipped)}")
     output = output or model
     save(detector, output, extra=metadata.get("extra"))
     if not quiet:
-        if skipped:
-            click.echo(f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values "
-                       f"at line(s) {lines_text(skipped)}", err=True)
+        if len(skipped):
+            click.echo(note, err=True)
         click.echo(
-            f"{output}: calibrated on {len(X)} rows of {name} for a false-alarm rate of {fpr:g}; "
+            f"{output}: calibrated on {count} {what} of {name} for a false-alarm rate of {fpr:g}; "
             f"threshold {detector.threshold_:.4f} nats",
             err=True,
         )
+
+
+def _problems_text(problems, shown=5):
+    """``path (why); ...`` for the first ``shown`` of (path, why) pairs, and how many more."""
+    text = "; ".join(f"{path} ({why})" for path, why in problems[:shown])
+    return text + (f"; and {len(problems) - shown} more" if len(problems) > shown else "")
