@@ -4,19 +4,13 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    OutlierMixin,
-    TransformerMixin,
-    _fit_context,
-)
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration
-from .config import MAX_HIDDEN_LAYERS, MAX_SCORE_SAMPLES, MAX_WIDTH
+from .config import MAX_SCORE_SAMPLES, MAX_WIDTH, check_hidden_dims
 from .fitted import FittedVAE, numpy_rng, restore_network
 from .preprocessing import Standardizer, check_domain
 from .schema import migrate_pickled_state
@@ -298,13 +292,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         """Raise the error :meth:`fit` would raise for an invalid parameter,
         without fitting, so that a caller can fail before reading data."""
         self._validate_params()
-        self._check_hidden_dims()
-
-    def _check_hidden_dims(self):
-        if not all(isinstance(h, Integral) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
-                   for h in self.hidden_dims) or len(self.hidden_dims) > MAX_HIDDEN_LAYERS:
-            raise ValueError(f"hidden_dims must hold at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_WIDTH}, "
-                             f"got {self.hidden_dims!r:.80}")
+        check_hidden_dims(self.hidden_dims)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -323,7 +311,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
             The fitted detector.
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        self._check_hidden_dims()
+        check_hidden_dims(self.hidden_dims)
         Standardizer.identity(X.shape[1], self.likelihood).check(X)
         self.device_ = resolve_device(self.device)
         n_train, converged = self._fit_network(X, numpy_rng(self.random_state))
