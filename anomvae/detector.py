@@ -190,6 +190,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
     See Also
     --------
     sklearn.ensemble.IsolationForest : Tree-based unsupervised outlier detector.
+    anomvae.metrics.anomaly_roc_auc : Scorer for GridSearchCV, labels 1 = anomaly.
     anomvae.fitted.ScoringModel : A model file loaded for scoring alone.
 
     Notes

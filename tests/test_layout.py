@@ -20,7 +20,7 @@ LAYERS = [
     {"tables", "images", "calibration", "schema", "files"},
     {"model"},
     {"training", "fitted"},
-    {"detector", "results", "explain"},
+    {"detector", "results", "explain", "metrics"},
     {"scoring", "persistence"},
     {"cli"},
 ]
