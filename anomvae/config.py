@@ -194,6 +194,15 @@ def resolve_image_shape(image_shape, n_features):
     return tuple(int(v) for v in shape)
 
 
+def check_hidden_dims(hidden_dims):
+    """Raise ValueError unless ``hidden_dims`` (an estimator parameter) holds
+    at most ``MAX_HIDDEN_LAYERS`` integer widths from 1 to ``MAX_WIDTH``."""
+    if not all(isinstance(h, Integral) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
+               for h in hidden_dims) or len(hidden_dims) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"hidden_dims must hold at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_WIDTH}, "
+                         f"got {hidden_dims!r:.80}")
+
+
 def auto_latent_dim(n_features, image_shape=None):
     """``latent_dim="auto"``: ``ceil(sqrt(n_features))`` in [2, 32]; for
     images half the square root of the pixels per channel (4 for 8x8, 16

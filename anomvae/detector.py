@@ -4,20 +4,15 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    OutlierMixin,
-    TransformerMixin,
-    _fit_context,
-)
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration
-from .config import MAX_HIDDEN_LAYERS, MAX_SCORE_SAMPLES, MAX_WIDTH
+from .config import MAX_SCORE_SAMPLES, MAX_WIDTH, check_hidden_dims
 from .fitted import FittedVAE, numpy_rng, restore_network
+from .latent import latent_usage, warn_if_collapsed
 from .preprocessing import Standardizer, check_domain
 from .schema import migrate_pickled_state
 from .training import TrainingOptions, fit_network, refit_rows, resolve_device
@@ -174,6 +169,14 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
     n_epochs_, best_epoch_, batch_size_ : int
         Epochs run, the epoch whose weights were kept, rows per step
         (``batch_size_`` is None in models from files that predate it).
+    kl_per_dim_ : ndarray of shape (latent_dim_,) or None
+        Mean ``KL(q(z_d|x) || N(0, 1))`` of each latent unit over the rows
+        the network was fitted on, in nats; it sums to their mean KL term.
+    active_units_ : int or None
+        Latent units whose posterior mean E[z_d|x] varies over those rows
+        (variance above 0.01, Burda et al. 2016). When training converged
+        with more than half inactive, fit warns: ``PosteriorCollapseWarning``
+        (:mod:`anomvae.errors`). Both None in files that predate them.
     n_refit_excluded_ : int or None
         Rows the ``refit_inliers`` refit left out (0: none flagged, or too
         few left, and the first network was kept); None without a refit.
@@ -187,6 +190,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
     See Also
     --------
     sklearn.ensemble.IsolationForest : Tree-based unsupervised outlier detector.
+    anomvae.metrics.anomaly_roc_auc : Scorer for GridSearchCV, labels 1 = anomaly.
     anomvae.fitted.ScoringModel : A model file loaded for scoring alone.
 
     Notes
@@ -298,13 +302,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         """Raise the error :meth:`fit` would raise for an invalid parameter,
         without fitting, so that a caller can fail before reading data."""
         self._validate_params()
-        self._check_hidden_dims()
-
-    def _check_hidden_dims(self):
-        if not all(isinstance(h, Integral) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
-                   for h in self.hidden_dims) or len(self.hidden_dims) > MAX_HIDDEN_LAYERS:
-            raise ValueError(f"hidden_dims must hold at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_WIDTH}, "
-                             f"got {self.hidden_dims!r:.80}")
+        check_hidden_dims(self.hidden_dims)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -323,7 +321,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
             The fitted detector.
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        self._check_hidden_dims()
+        check_hidden_dims(self.hidden_dims)
         Standardizer.identity(X.shape[1], self.likelihood).check(X)
         self.device_ = resolve_device(self.device)
         n_train, converged = self._fit_network(X, numpy_rng(self.random_state))
@@ -345,6 +343,7 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
             self.threshold_ = calibration.contamination_threshold(-scores, self.contamination)
             if not converged:
                 self._warn_not_converged("")
+        warn_if_collapsed(self.kl_per_dim_, self.active_units_, converged)
         self.training_scores_ = calibration.subsample_sorted(-scores, MAX_STORED_TRAINING_SCORES)
         # A new fit makes any earlier calibration meaningless.
         self.reference_scores_ = None
@@ -364,6 +363,8 @@ class VAEAnomalyDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Outl
         run = net.training
         self.history_, self.n_epochs_, self.best_epoch_, self.batch_size_ = (
             run.history, run.n_epochs, run.best_epoch, run.batch_size)
+        self.kl_per_dim_, self.active_units_ = latent_usage(
+            *net.module.map_chunks(net.module.latent_terms, net.standardizer.transform(X)))
         return net.n_train, run.converged
 
     def _training_options(self):

@@ -1,4 +1,5 @@
-"""The errors anomvae raises for problems with what it was given.
+"""The errors anomvae raises for problems with what it was given, and its
+warnings.
 
 Each message names what is wrong: the file, and where it applies the column,
 line and value. The command line turns every :class:`AnomvaeError` into a
@@ -20,6 +21,16 @@ class ModelFileError(AnomvaeError, ValueError):
 
 class OutputError(AnomvaeError, OSError):
     """A result, summary or model file that cannot be written."""
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """Fit found most latent units inactive (``active_units_`` below half of
+    ``latent_dim_``) after training converged: the decoder ignores the
+    latent code they would carry.
+
+    A :class:`UserWarning`, not a ``ConvergenceWarning``: training converged,
+    to a model that does not use its latent space. Filter it by this class.
+    """
 
 
 def quote(value, limit=80):

@@ -1,8 +1,9 @@
 """Inference with a fitted VAE, without scikit-learn.
 
 :class:`FittedVAE` holds what every fitted model does with its network and
-fitted attributes: scores, per-feature contributions, latent codes and
-p-values. :class:`~anomvae.VAEAnomalyDetector` inherits it, and so does
+fitted attributes: scores, per-feature contributions, latent codes,
+decoding, sampling and interpolation, calibration and p-values.
+:class:`~anomvae.VAEAnomalyDetector` inherits it, and so does
 :class:`ScoringModel`, which a model file loads into for scoring alone, so
 that ``anomvae score`` on a CSV file does not pay for importing scikit-learn.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from .calibration import check_fpr, conformal_p_values, conformal_threshold
+from .latent import interpolation_path, one_row
 from .model import build_vae
 from .preprocessing import Standardizer, check_domain
 from .schema import set_fitted
@@ -254,6 +256,18 @@ class FittedVAE:
         decision = self._score_samples(self._validate_input(X)) - self.offset_
         return np.where(decision >= 0, 1, -1)
 
+    def _as_rows(self, X, original=None):
+        """Rows as ``set_output`` asks: an array, or a frame of the features
+        seen in fit (``x0, x1, ...`` if unnamed) with ``original``'s index."""
+        from sklearn.utils._set_output import _get_container_adapter
+
+        adapter = _get_container_adapter("transform", self)
+        if adapter is None:
+            return X
+        names = getattr(self, "feature_names_in_", None)
+        columns = [f"x{i}" for i in range(self.n_features_in_)] if names is None else list(names)
+        return adapter.create_container(X, original, columns=columns)
+
     def inverse_transform(self, Z):
         """Decoded means E[x|z] of latent codes, in the data's original units.
 
@@ -263,18 +277,20 @@ class FittedVAE:
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray or DataFrame of shape (n_samples, n_features_in_)
+            Under ``set_output(transform="pandas")``, a DataFrame of columns
+            ``feature_names_in_`` (and ``Z``'s index): its rows score back.
         """
         self._check_fitted()
         from sklearn.utils import check_array
 
-        Z = check_array(Z, dtype=[np.float64, np.float32])
+        original, Z = Z, check_array(Z, dtype=[np.float64, np.float32])
         if Z.shape[1] != self.latent_dim_:
             raise ValueError(
                 f"Z has {Z.shape[1]} columns, but the latent space of this "
                 f"{type(self).__name__} has {self.latent_dim_} dimensions"
             )
-        return self._decode_means(Z.astype(np.float32))
+        return self._as_rows(self._decode_means(Z.astype(np.float32)), original)
 
     def sample(self, n_samples=1, *, random_state=None, noise=False):
         """Generate new rows from the model, in the data's original units.
@@ -294,7 +310,9 @@ class FittedVAE:
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray or DataFrame of shape (n_samples, n_features_in_)
+            A DataFrame under ``set_output(transform="pandas")``, as for
+            :meth:`inverse_transform`.
         """
         self._check_fitted()
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
@@ -302,12 +320,57 @@ class FittedVAE:
         rng = numpy_rng(random_state)
         Z = rng.standard_normal((n_samples, self.latent_dim_)).astype(np.float32)
         if not noise:
-            return self._decode_means(Z)
+            return self._as_rows(self._decode_means(Z))
         module = self.module_
         generator = torch.Generator(device=module.score_noise.device)
         generator.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         draws = module.map_chunks(lambda z: module.likelihood.sample(module.decode(z), generator), Z)
-        return draws * self.scale_ + self.center_
+        return self._as_rows(draws * self.scale_ + self.center_)
+
+    def interpolate(self, x_a, x_b, n_steps=10, *, method="slerp"):
+        """Decoded rows along a path in latent space from one row to another.
+
+        The path joins the rows' latent means E[z|x]: ``"slerp"`` follows the
+        great circle between them (:func:`anomvae.latent.interpolation_path`),
+        ``"linear"`` the straight segment. Its ends decode to the two rows'
+        reconstructions, ``inverse_transform(transform(x))``.
+
+        Parameters
+        ----------
+        x_a, x_b : array-like of shape (n_features,) or (1, n_features)
+            The two rows; a Series (such as ``frame.iloc[0]``) or a one-row
+            DataFrame has its names checked as :meth:`score_samples` does.
+        n_steps : int, default=10
+            Rows on the path, both ends included; at least 2.
+        method : {"slerp", "linear"}, default="slerp"
+            Spherical or linear interpolation.
+
+        Returns
+        -------
+        X : ndarray or DataFrame of shape (n_steps, n_features_in_)
+            In the data's original units; a DataFrame under
+            ``set_output(transform="pandas")``, as for :meth:`inverse_transform`.
+
+        References
+        ----------
+        White, "Sampling Generative Networks", arXiv:1609.04468, 2016.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from anomvae import VAEAnomalyDetector
+        >>> X = np.random.RandomState(0).normal(size=(100, 3))
+        >>> detector = VAEAnomalyDetector(max_epochs=5, random_state=0).fit(X)
+        >>> path = detector.interpolate(X[0], X[1], n_steps=5)
+        >>> path.shape
+        (5, 3)
+        >>> np.allclose(path[0], detector.inverse_transform(detector.transform(X[:1]))[0])
+        True
+        """
+        z_a, z_b = (self._encode_means(self._validate_input(one_row(x, name)))[0]
+                    for x, name in ((x_a, "x_a"), (x_b, "x_b")))
+        path = interpolation_path(z_a, z_b, n_steps, method)
+        return self._as_rows(self._decode_means(path.astype(np.float32)))
 
 
 class ScoringModel(FittedVAE):

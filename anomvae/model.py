@@ -297,6 +297,11 @@ class VAE(nn.Module):
         log_qz = (-0.5 * (elbo.LOG_2PI + logvar + eps**2)).sum(-1)
         return elbo.importance_weighted_bound((log_px + log_pz - log_qz).unbind(0))
 
+    def latent_terms(self, x):
+        """Posterior means E[z|x] and ``KL(q(z_d|x) || N(0, 1))`` per latent unit."""
+        mu, logvar = self.encode(x)
+        return mu, elbo.kl_standard_normal(mu, logvar)
+
     def score_contributions(self, x):
         """Per-feature reconstruction NLL and per-row KL, using ``score_noise``."""
         reconstruction_nll, kl = self(x, self.score_noise.unsqueeze(1))

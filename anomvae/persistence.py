@@ -60,6 +60,13 @@ def save(detector, path, *, extra=None):
 
     Raises
     ------
+    TypeError
+        When ``detector`` is not a :class:`~anomvae.VAEAnomalyDetector`, a
+        :class:`~sklearn.pipeline.Pipeline` ending in one included: a model
+        file holds the detector alone, never code such as other steps. Save
+        the detector (``save(pipeline[-1], path)``) and rebuild the steps
+        before it in your code, or save the whole pipeline with
+        ``joblib.dump`` (a pickle: load only pickles you trust).
     OutputError
         When ``path`` cannot be written.
     ValueError
@@ -69,6 +76,10 @@ def save(detector, path, *, extra=None):
     import torch
     from sklearn.utils.validation import check_is_fitted
 
+    from .detector import VAEAnomalyDetector
+
+    if not isinstance(detector, VAEAnomalyDetector):
+        raise TypeError(_not_a_detector(detector))
     check_is_fitted(detector)
     metadata = {
         "format": schema.FORMAT,
@@ -92,6 +103,16 @@ def save(detector, path, *, extra=None):
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(METADATA_NAME, text)
             archive.writestr(WEIGHTS_NAME, buffer.getvalue())
+
+
+def _not_a_detector(obj):
+    kind = type(obj).__name__
+    if hasattr(obj, "steps"):
+        return (f"anomvae.save writes a fitted VAEAnomalyDetector, not a {kind}: a model file holds no other "
+                f"steps. Save the detector, anomvae.save(pipeline[-1], path), and rebuild the steps before it "
+                f"in your code, or save the whole {kind} with joblib.dump(pipeline, path) (a pickle: load only "
+                "pickles you trust).")
+    return f"anomvae.save writes a fitted VAEAnomalyDetector, not a {kind}"
 
 
 # Limits on what a model file may hold, checked from the zip's directory

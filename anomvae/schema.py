@@ -11,7 +11,9 @@ one per feature, and files up to 2 were trained before ``trim_by`` existed,
 trimming by the loss; 3 adds ``trim_by`` and ``refit_inliers``. The
 version rises whenever the stored parameters gain one, so that an older
 anomvae refuses a newer file by name instead of failing on a parameter it
-does not know.
+does not know. A fitted attribute added later needs no new version (older
+anomvae ignores it): ``_ADDED_LATER`` says what it means in files that lack
+it, such as ``kl_per_dim_`` and ``active_units_`` (None: not recorded).
 """
 
 import copy
@@ -146,16 +148,19 @@ FIELDS = (
     Field("best_epoch_", int, _count(0)),
     Field("batch_size_", _optional(int), _optional(_count(1))),
     Field("n_refit_excluded_", _optional(int), _optional(_count(0))),
+    Field("kl_per_dim_", _optional(_floats), _optional(_array)),
+    Field("active_units_", _optional(int), _optional(_count(0))),
     Field("device_", str, _device),
     Field("network_config_", NetworkConfig.to_dict, NetworkConfig.from_dict, key="module_config"),
 )
 
 # Stored fitted attributes that older files lack, and what they mean there:
 # no calibration, no refit, not an image model, no training scores kept,
-# batch size not recorded.
+# batch size and latent usage (posterior-collapse diagnosis) not recorded.
 _ADDED_LATER = {
     "training_scores_": [], "reference_scores_": None, "calibration_fpr_": None,
     "image_shape_": None, "n_refit_excluded_": None, "batch_size_": None,
+    "kl_per_dim_": None, "active_units_": None,
 }
 
 
@@ -214,6 +219,10 @@ def decode_fitted(fitted):
         raise ValueError(f"feature_names_in_ holds {len(names)} names for {n_features} features")
     if attributes["latent_dim_"] != config.latent_dim or attributes["image_shape_"] != config.image_shape:
         raise ValueError("latent_dim_ or image_shape_ differs from the network's")
+    kl, active = attributes["kl_per_dim_"], attributes["active_units_"]
+    if (kl is None) != (active is None) or kl is not None and (kl.shape != (config.latent_dim,)
+                                                               or active > config.latent_dim):
+        raise ValueError(f"kl_per_dim_ and active_units_ do not describe the {config.latent_dim} latent units")
     if attributes["offset_"] != -attributes["threshold_"]:
         raise ValueError(f"offset_ {attributes['offset_']!r} is not minus threshold_ {attributes['threshold_']!r}")
     return attributes
@@ -290,11 +299,15 @@ def migrate_pickled_state(state):
     layout: pickles from before ``min_variance`` had one floor, 1e-3, for
     every Gaussian feature; those from before ``trim_by`` trimmed by the
     loss; older ones kept the network's configuration and history as
-    dicts."""
+    dicts; fitted ones from before ``kl_per_dim_`` and ``active_units_``
+    have None for both."""
     state = dict(state)
     if "min_variance" not in state:
         state["min_variance"] = DEFAULT_MIN_VARIANCE if state.get("likelihood") == "gaussian" else "auto"
     state.setdefault("trim_by", "loss")
+    if "offset_" in state:  # fitted, before the posterior-collapse diagnosis was recorded
+        state.setdefault("kl_per_dim_", None)
+        state.setdefault("active_units_", None)
     config = state.pop("_module_config", None)
     if config is not None:
         state["network_config_"] = NetworkConfig.from_dict(_migrate_config(config))

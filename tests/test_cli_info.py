@@ -74,6 +74,27 @@ def test_info_and_score_refuse_a_damaged_file_naming_the_field(model, tmp_path, 
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_info_shows_the_latent_units_in_use(model, tmp_path):
+    detector = anomvae.load(model)
+    data = json.loads(invoke("info", model, "--json").stdout)
+    assert data["active_units"] == detector.active_units_ and data["kl_per_dim"] == detector.kl_per_dim_.tolist()
+    kl = ", ".join(format(v, ".3g") for v in detector.kl_per_dim_)
+    line = f"latent use: {detector.active_units_} of {detector.latent_dim_} units active; KL per unit {kl} nats"
+    assert line in invoke("info", model).stdout.splitlines()
+    # A collapsed model says so.
+    collapsed = _damaged_copy(model, tmp_path / "collapsed.anomvae",
+                              lambda f: f.update(active_units_=0, kl_per_dim_=[0.001] * f["latent_dim_"]))
+    assert "latent use: 0 of 5 units active (posterior collapse: most units inactive); KL per unit 0.001," in (
+        invoke("info", collapsed).stdout)
+
+
+def test_info_of_a_file_from_before_the_latent_diagnosis():
+    old = str(Path(__file__).parent / "data" / "format2-gaussian.anomvae")
+    data = json.loads(invoke("info", old, "--json").stdout)
+    assert data["active_units"] is None and data["kl_per_dim"] is None
+    assert "latent use: not recorded (the file predates it)" in invoke("info", old).stdout
+
+
 def test_info_of_a_file_with_no_history(model, tmp_path):
     result = invoke("info", _damaged_copy(model, tmp_path / "damaged.anomvae", lambda f: f.update(history_=None)))
     assert result.exit_code == 0, result.output

@@ -16,11 +16,11 @@ PACKAGE = ROOT / "anomvae"
 # command line at the top.
 LAYERS = [
     {"errors", "version"},
-    {"preprocessing", "history", "config", "elbo"},
+    {"preprocessing", "history", "config", "elbo", "latent"},
     {"tables", "images", "calibration", "schema", "files"},
     {"model"},
     {"training", "fitted"},
-    {"detector", "results", "explain", "metrics_file"},
+    {"detector", "results", "explain", "metrics", "prometheus"},
     {"scoring", "persistence"},
     {"cli"},
 ]

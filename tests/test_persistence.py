@@ -64,6 +64,34 @@ def test_load_with_metadata_reads_the_file_once(fitted, model_path, test_set, sc
     assert model.network_config_.hidden_dims == tuple(fitted.hidden_dims)
 
 
+def test_round_trip_keeps_the_latent_diagnosis(fitted, model_path):
+    loaded = anomvae.load(model_path)
+    assert loaded.active_units_ == fitted.active_units_
+    np.testing.assert_array_equal(loaded.kl_per_dim_, fitted.kl_per_dim_)
+    np.testing.assert_array_equal(load_for_scoring(model_path).kl_per_dim_, fitted.kl_per_dim_)
+
+
+def test_saving_a_pipeline_says_what_to_do_instead(fitted, tmp_path):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), fitted)
+    with pytest.raises(TypeError, match=r"writes a fitted VAEAnomalyDetector, not a Pipeline.*"
+                                        r"anomvae.save\(pipeline\[-1\], path\).*joblib.dump\(pipeline, path\)"):
+        anomvae.save(pipeline, tmp_path / "p.anomvae")
+    with pytest.raises(TypeError, match="not a ScoringModel"):
+        anomvae.save(load_for_scoring(_saved(fitted, tmp_path)), tmp_path / "s.anomvae")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.anomvae"]
+    # What the message suggests works.
+    anomvae.save(pipeline[-1], tmp_path / "d.anomvae")
+    assert anomvae.load(tmp_path / "d.anomvae").threshold_ == fitted.threshold_
+
+
+def _saved(detector, folder):
+    anomvae.save(detector, folder / "m.anomvae")
+    return folder / "m.anomvae"
+
+
 def test_round_trip_keeps_feature_names(inliers, tmp_path):
     frame = pd.DataFrame(inliers, columns=[f"c{i}" for i in range(inliers.shape[1])])
     detector = anomvae.VAEAnomalyDetector(max_epochs=2, random_state=0).fit(frame)

@@ -100,6 +100,16 @@ def test_migrate_upgrades_a_format_1_file_without_touching_it():
     assert isinstance(attributes["history_"], TrainingHistory)
 
 
+@pytest.mark.parametrize("name", ["format1-gaussian", "format1-bernoulli", "format1-first", "format2-gaussian"])
+def test_files_from_before_the_latent_diagnosis_have_none(name):
+    path = DATA / f"{name}.anomvae"
+    assert "active_units_" not in _raw_metadata(f"{name}.anomvae")["fitted"]
+    for loaded in (anomvae.load(path), load_for_scoring(path)):
+        assert loaded.kl_per_dim_ is None and loaded.active_units_ is None
+    fitted = read_metadata(path)["fitted"]
+    assert fitted["kl_per_dim_"] is None and fitted["active_units_"] is None
+
+
 def test_migrate_drops_the_floor_of_a_bernoulli_network():
     metadata = schema.migrate(_raw_metadata("format1-bernoulli.anomvae"))
     assert "min_variance" not in metadata["fitted"]["module_config"]
@@ -143,6 +153,28 @@ def test_decode_refuses_arrays_that_do_not_fit_the_network(fitted):
     stored["scale_"] = stored["scale_"][:-1]
     with pytest.raises(ValueError, match="scale_ holds 7 values for 8 features"):
         schema.decode_fitted(stored)
+
+
+@pytest.mark.parametrize("edit", [
+    {"kl_per_dim_": [0.5]},
+    {"active_units_": 4},
+    {"active_units_": None},
+])
+def test_decode_refuses_a_latent_diagnosis_that_does_not_fit_the_network(fitted, edit):
+    stored = {**schema.encode_fitted(fitted), **edit}
+    with pytest.raises(ValueError, match="kl_per_dim_ and active_units_ do not describe the 3 latent units"):
+        schema.decode_fitted(stored)
+
+
+def test_pickles_from_before_the_latent_diagnosis_have_none(fitted, test_set):
+    state = fitted.__getstate__()
+    del state["kl_per_dim_"], state["active_units_"]
+    old = VAEAnomalyDetector.__new__(VAEAnomalyDetector)
+    old.__setstate__(state)
+    assert old.kl_per_dim_ is None and old.active_units_ is None
+    np.testing.assert_array_equal(old.score_samples(test_set[0]), fitted.score_samples(test_set[0]))
+    # An unfitted estimator's pickle stays unfitted.
+    assert "kl_per_dim_" not in schema.migrate_pickled_state(VAEAnomalyDetector().__getstate__())
 
 
 def test_the_first_model_files_load_and_score_as_they_did():

@@ -62,6 +62,10 @@ def describe(path, metadata):
             {"fpr": fitted.get("calibration_fpr_"), "reference_rows": len(fitted["reference_scores_"])}
         ),
         "latent_dim": fitted.get("latent_dim_"),
+        # Posterior-collapse diagnosis: latent units in use, and each unit's mean KL
+        # (nats) over the training rows; None in files written before anomvae recorded them.
+        "active_units": fitted.get("active_units_"),
+        "kl_per_dim": fitted.get("kl_per_dim_"),
         # Per feature, in standardised units; None unless the likelihood is Gaussian.
         "variance_floors": _variance_floors(fitted),
         "device": fitted.get("device_"),
@@ -113,11 +117,26 @@ def _text(summary):
             else "no validation loss monitored"
         ),
         f"latent dim: {summary['latent_dim']}, trained on {summary['device']}",
+        _latent_line(summary),
     ]
     if floors is not None:
         lines.append(floors_line(floors))
     lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
     return lines
+
+
+# Units whose KL the text lists (--json has them all).
+MAX_KL_SHOWN = 16
+
+
+def _latent_line(summary):
+    """How many latent units the network uses, and each unit's KL."""
+    active, kl = summary["active_units"], summary["kl_per_dim"]
+    if active is None:
+        return "latent use: not recorded (the file predates it)"
+    collapsed = " (posterior collapse: most units inactive)" if 2 * active < len(kl) else ""
+    shown = ", ".join(format(v, ".3g") for v in kl[:MAX_KL_SHOWN]) + (", ..." if len(kl) > MAX_KL_SHOWN else "")
+    return f"latent use: {active} of {len(kl)} units active{collapsed}; KL per unit {shown} nats"
 
 
 def _number(value, spec):

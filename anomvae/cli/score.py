@@ -65,8 +65,8 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     """
     started = time.monotonic()
     from ..files import atomic_write, check_outputs, storage_errors
-    from ..metrics_file import metrics_text
     from ..persistence import load_with_metadata
+    from ..prometheus import metrics_text
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 

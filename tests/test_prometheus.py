@@ -1,4 +1,4 @@
-"""anomvae.metrics_file: a scoring summary as Prometheus text, read back
+"""anomvae.prometheus: a scoring summary as Prometheus text, read back
 with prometheus_client's own parser."""
 
 import io
@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from anomvae.calibration import ScoreShift
 from anomvae.errors import OutputError
-from anomvae.metrics_file import metrics_text, write_metrics_file
+from anomvae.prometheus import metrics_text, write_metrics_file
 from anomvae.results import ScoringSummary
 from anomvae.scoring import score_csv
 
