@@ -23,6 +23,35 @@ def test_help_and_info_do_not_import_torch(model, args):
     assert_runs_without([str(model) if a == "MODEL" else a for a in args], "torch")
 
 
+@pytest.mark.parametrize("args", [["--help"], ["-h"], []])
+def test_help_succeeds_without_torch_or_numpy(args):
+    # Bare anomvae too: help and exit 0 (click 8.2+ would exit 2).
+    result = assert_runs_without(args, "torch", "numpy")
+    assert "Usage:" in result.stdout and "Commands:" in result.stdout
+
+
+def test_short_help_option_and_bare_command():
+    full = invoke("--help")
+    assert full.exit_code == 0
+    assert "CSV tables and image folders" in " ".join(full.stdout.split())
+    for args in (["-h"], []):
+        result = invoke(*args)
+        assert result.exit_code == 0 and result.stdout == full.stdout, args
+    fit = invoke("fit", "-h")
+    assert fit.exit_code == 0 and fit.stdout == invoke("fit", "--help").stdout
+
+
+def test_python_dash_m_runs_the_program(tmp_path):
+    # From the repository root, as a user of a checkout runs it; the exit
+    # code comes through (2: bad input).
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run([sys.executable, "-m", "anomvae", "-h"], cwd=root, capture_output=True, text=True)
+    assert shown.returncode == 0 and "Usage: python -m anomvae" in shown.stdout
+    bad = subprocess.run([sys.executable, "-m", "anomvae", "info", str(TRAIN)], cwd=root, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "not an anomvae model file" in bad.stderr
+
+
 def _script():
     script = shutil.which("anomvae", path=os.path.dirname(sys.executable)) or shutil.which("anomvae")
     if script is None:

@@ -22,7 +22,7 @@ LAYERS = [
     {"training", "fitted"},
     {"detector", "results", "explain"},
     {"scoring", "persistence"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 
