@@ -3,6 +3,7 @@ internal errors, signals and a closed output, and the installed console script."
 
 import io
 import os
+import pydoc
 import shutil
 import signal
 import subprocess
@@ -202,3 +203,54 @@ def test_closed_stdout_exits_141_not_1(model, tmp_path):
     assert code == 141, stderr
     assert "Error: the output was closed before every result was written" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+# --------------------------------------------- --threads (fit, score, calibrate)
+
+
+@pytest.fixture
+def torch_threads():
+    """torch's thread count before the test, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+# Each command's first work, where the test reads torch's thread count.
+THREADED = {
+    "fit": ("anomvae.detector.VAEAnomalyDetector.fit", lambda m, tmp: ["fit", TRAIN, "-o", tmp / "m", "-q", *QUICK]),
+    "score": ("anomvae.scoring.score_csv", lambda m, tmp: ["score", m, NEW, "-o", tmp / "s.csv", "-q"]),
+    "calibrate": ("anomvae.tables.read_feature_rows",
+                  lambda m, tmp: ["calibrate", m, NEW, "-o", tmp / "c.anomvae", "-q"]),
+}
+
+
+@pytest.mark.parametrize("command", list(THREADED))
+def test_threads_reach_torch_before_the_work(model, tmp_path, monkeypatch, torch_threads, command):
+    import torch
+
+    target, args = THREADED[command]
+    real = pydoc.locate(target)
+    seen = []
+
+    def recording(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(target, recording)
+    wanted = 3 if torch_threads != 3 else 2
+    result = invoke(*args(model, tmp_path), "--threads", wanted)
+    assert result.exit_code == 0, result.output
+    torch.set_num_threads(torch_threads)
+    default = invoke(*args(model, tmp_path))  # without --threads torch keeps its own
+    assert default.exit_code == 0, default.output
+    assert seen == [wanted, torch_threads]
+
+
+@pytest.mark.parametrize("command", list(THREADED))
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_a_bad_thread_count_is_a_usage_error(model, tmp_path, command, value):
+    result = invoke(*THREADED[command][1](model, tmp_path), "--threads", value)
+    assert result.exit_code == 2 and "Invalid value for '--threads'" in result.stderr, result.output

@@ -18,6 +18,7 @@ from .options import (
     refit_note,
     refuse_csv_options,
     report_warnings,
+    threads_option,
 )
 
 
@@ -42,6 +43,7 @@ from .options import (
 @click.option("--grayscale", is_flag=True, help="Read images as one grey channel [default: the first "
               "image's mode].")
 @estimator_options
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.pass_context
 @input_errors

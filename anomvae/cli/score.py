@@ -8,7 +8,7 @@ import os
 import click
 
 from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
-from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_options
+from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_options, threads_option
 
 
 @main.command()
@@ -41,6 +41,7 @@ from .options import DATA, Character, FiniteFloat, check_dialect, refuse_csv_opt
               help="Also write a JSON summary (counts, threshold, top anomalies, score shift) here.")
 @click.option("--summary-top", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many of the highest-scoring rows --summary-json lists.")
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @input_errors
@@ -146,6 +147,7 @@ def _report(summary, name, what):
               help="Decimal mark of the CSV's numbers (',' for 1,5).")
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or leave them out.")
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @input_errors
 def calibrate(model, data, fpr, output, delimiter, decimal, invalid_rows, quiet):
