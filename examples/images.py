@@ -3,10 +3,10 @@
 Trains on images of the digit 0, scores held-out zeros and other digits, and
 draws where each score comes from into docs/images/digits-heatmaps.png.
 
-    python examples/images.py                 # the picture in the image guide
-    python examples/images.py --pngs digits   # also write digits/train and
-                                              # digits/new as PNG files for
-                                              # the command-line walk-through
+    .venv/bin/python examples/images.py                # the picture in the image guide
+    .venv/bin/python examples/images.py --pngs digits  # only write digits/train and
+                                                       # digits/new as PNG files for
+                                                       # the command-line walk-through
 """
 
 import argparse
@@ -37,7 +37,8 @@ def write_pngs(folder, images, labels):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pngs", metavar="FOLDER", help="Also write the digits as PNG files here.")
+    parser.add_argument("--pngs", metavar="FOLDER", help="Only write the digits as PNG files here "
+                        "(the picture in docs/ is left as it is).")
     args = parser.parse_args()
 
     digits = load_digits()
@@ -45,6 +46,8 @@ def main():
     labels = digits.target
     if args.pngs:
         write_pngs(args.pngs, images, labels)
+        print(f"wrote {args.pngs}/train (120 zeros) and {args.pngs}/new (58 zeros, 20 other digits)")
+        return
 
     zeros = np.flatnonzero(labels == 0)
     train, held_out = zeros[:120], zeros[120:]
