@@ -22,7 +22,8 @@ LAYERS = [
     {"training", "fitted"},
     {"detector", "results", "explain"},
     {"scoring", "persistence"},
-    {"cli", "__main__"},
+    {"cli"},
+    {"__main__"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 
