@@ -114,6 +114,12 @@ class EarlyStopping:
         self.stopped = self.stale >= self.patience
         return self.stopped
 
+    @property
+    def patience_left(self):
+        """Epochs without an improvement larger than ``tol`` that training
+        still allows (0 once it stops)."""
+        return max(self.patience - self.stale, 0)
+
     def restore_best(self, module):
         """Load the best epoch's weights into ``module``; False when no epoch
         was recorded."""
@@ -294,12 +300,12 @@ def train(module, X_train, X_val, options, *, seeds, device, on_epoch=None):
             val_terms = _monitor(module, X_monitor, options.beta) if monitored else (math.nan,) * 3
             record = EpochRecord(epoch, float(options.kl_weight(epoch)), *train_terms, *val_terms)
             history.append(record)
-            _report(record, options)
+            watching = stopping is not None and not (options.kl_warmup and epoch < options.kl_warmup)
+            stop = watching and stopping.update(epoch, record.val_loss, module)
+            _report(record, options, None if stopping is None else stopping.patience_left)
             if on_epoch is not None:
                 on_epoch(record, module)
-            if stopping is None or (options.kl_warmup and epoch < options.kl_warmup):
-                continue
-            if stopping.update(epoch, record.val_loss, module):
+            if stop:
                 break
     finally:
         step.release()
@@ -368,7 +374,11 @@ def _monitor(module, X, beta):
     return float(negative_elbo(rec, kl, beta)), rec, kl
 
 
-def _report(record, options):
+def _report(record, options, patience_left):
+    """Print the epoch (``verbose``) and log it on the ``anomvae`` logger at
+    DEBUG level, with the :class:`EpochRecord` as ``anomvae_epoch`` and the
+    early-stopping patience left after it as ``anomvae_patience_left``
+    (None without early stopping), for progress displays."""
     line = (
         f"epoch {record.epoch}/{options.max_epochs}: loss {record.train_loss:.4f}, "
         f"val {record.val_loss:.4f} (reconstruction {record.val_reconstruction:.4f}, "
@@ -376,4 +386,5 @@ def _report(record, options):
     )
     if options.verbose:
         print(line)
-    logger.debug(line, extra={"anomvae_epoch": record, "anomvae_max_epochs": options.max_epochs})
+    logger.debug(line, extra={"anomvae_epoch": record, "anomvae_max_epochs": options.max_epochs,
+                              "anomvae_patience_left": patience_left})

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.datasets import load_digits
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import ConvergenceWarning
@@ -97,7 +98,7 @@ def main(argv=None):
     text = table(rows)
     print(text)
     if args.write and not args.quick:
-        command = "python benchmarks/digits.py " + " ".join(a for a in (argv or sys.argv[1:]))
+        command = ".venv/bin/python benchmarks/digits.py " + " ".join(a for a in (argv or sys.argv[1:]))
         generated = (
             "Each digit of scikit-learn's 8x8 `load_digits` in turn is the normal class: "
             f"the detectors train on a random 70% of its images (seed {args.seed}) and score the held-out "
@@ -107,7 +108,8 @@ def main(argv=None):
             f"parameter at its default{f', max_epochs={args.max_epochs}' if args.max_epochs else ''}); "
             "IsolationForest its scikit-learn defaults.\n\n"
             f"{text}\n\n"
-            f"Reproduce: `{command.strip()}` ({time.perf_counter() - start:.0f} s on {os.cpu_count()} CPU cores). "
+            f"Reproduce: `{command.strip()}` ({time.perf_counter() - start:.0f} s on {os.cpu_count()} CPU cores, "
+            f"{torch.get_num_threads()} PyTorch threads). "
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()} "
             f"({platform.processor() or platform.platform()}), CPU, Python {platform.python_version()}.\n"
         )

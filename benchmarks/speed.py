@@ -185,9 +185,12 @@ def cli_against_read_csv(n_rows, n_features, repeats, workdir):
 
 
 def report(args, pyod_rows, bound, cli):
+    import torch
+
     lines = [
-        f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores by "
-        f"`python benchmarks/speed.py`; medians of {args.repeats} runs.",
+        f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"(PyTorch's default {torch.get_num_threads()} threads) by `.venv/bin/python benchmarks/speed.py`; "
+        f"medians of {args.repeats} runs.",
         "",
         f"**Against PyOD's VAE** ({args.rows:,} x {args.features} synthetic rows; both with encoder "
         f"{'-'.join(map(str, ARCH['hidden']))}, latent 2, batch 32, {args.epochs} epochs, on the CPU):",

@@ -5,10 +5,10 @@ image guide (docs/images.md) on them: trains on zeros, calibrates on other
 zeros, scores new zeros and other digits with heatmaps, and puts eight of
 the heatmaps side by side into docs/images/digits-heatmaps.png.
 
-    python examples/images.py                 # the picture in the image guide
-    python examples/images.py --pngs digits   # only write digits/train,
-                                              # digits/reference and digits/new
-                                              # for the command-line walk-through
+    .venv/bin/python examples/images.py                # the picture in the image guide
+    .venv/bin/python examples/images.py --pngs digits  # only write digits/train,
+                                                       # digits/reference and digits/new
+                                                       # for the command-line walk-through
 """
 
 import argparse

@@ -3,6 +3,7 @@ internal errors, signals and a closed output, and the installed console script."
 
 import io
 import os
+import pydoc
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,35 @@ from anomvae import cli
 @pytest.mark.parametrize("args", [["--help"], ["info", "MODEL"], ["fit", "--help"], ["score", "--help"]])
 def test_help_and_info_do_not_import_torch(model, args):
     assert_runs_without([str(model) if a == "MODEL" else a for a in args], "torch")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], []])
+def test_help_succeeds_without_torch_or_numpy(args):
+    # Bare anomvae too: help and exit 0 (click 8.2+ would exit 2).
+    result = assert_runs_without(args, "torch", "numpy")
+    assert "Usage:" in result.stdout and "Commands:" in result.stdout
+
+
+def test_short_help_option_and_bare_command():
+    full = invoke("--help")
+    assert full.exit_code == 0
+    assert "CSV tables and image folders" in " ".join(full.stdout.split())
+    for args in (["-h"], []):
+        result = invoke(*args)
+        assert result.exit_code == 0 and result.stdout == full.stdout, args
+    fit = invoke("fit", "-h")
+    assert fit.exit_code == 0 and fit.stdout == invoke("fit", "--help").stdout
+
+
+def test_python_dash_m_runs_the_program(tmp_path):
+    # From the repository root, as a user of a checkout runs it; the exit
+    # code comes through (2: bad input).
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run([sys.executable, "-m", "anomvae", "-h"], cwd=root, capture_output=True, text=True)
+    assert shown.returncode == 0 and "Usage: python -m anomvae" in shown.stdout
+    bad = subprocess.run([sys.executable, "-m", "anomvae", "info", str(TRAIN)], cwd=root, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "not an anomvae model file" in bad.stderr
 
 
 def _script():
@@ -173,3 +203,54 @@ def test_closed_stdout_exits_141_not_1(model, tmp_path):
     assert code == 141, stderr
     assert "Error: the output was closed before every result was written" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+# --------------------------------------------- --threads (fit, score, calibrate)
+
+
+@pytest.fixture
+def torch_threads():
+    """torch's thread count before the test, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+# Each command's first work, where the test reads torch's thread count.
+THREADED = {
+    "fit": ("anomvae.detector.VAEAnomalyDetector.fit", lambda m, tmp: ["fit", TRAIN, "-o", tmp / "m", "-q", *QUICK]),
+    "score": ("anomvae.scoring.score_csv", lambda m, tmp: ["score", m, NEW, "-o", tmp / "s.csv", "-q"]),
+    "calibrate": ("anomvae.tables.read_feature_rows",
+                  lambda m, tmp: ["calibrate", m, NEW, "-o", tmp / "c.anomvae", "-q"]),
+}
+
+
+@pytest.mark.parametrize("command", list(THREADED))
+def test_threads_reach_torch_before_the_work(model, tmp_path, monkeypatch, torch_threads, command):
+    import torch
+
+    target, args = THREADED[command]
+    real = pydoc.locate(target)
+    seen = []
+
+    def recording(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(target, recording)
+    wanted = 3 if torch_threads != 3 else 2
+    result = invoke(*args(model, tmp_path), "--threads", wanted)
+    assert result.exit_code == 0, result.output
+    torch.set_num_threads(torch_threads)
+    default = invoke(*args(model, tmp_path))  # without --threads torch keeps its own
+    assert default.exit_code == 0, default.output
+    assert seen == [wanted, torch_threads]
+
+
+@pytest.mark.parametrize("command", list(THREADED))
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_a_bad_thread_count_is_a_usage_error(model, tmp_path, command, value):
+    result = invoke(*THREADED[command][1](model, tmp_path), "--threads", value)
+    assert result.exit_code == 2 and "Invalid value for '--threads'" in result.stderr, result.output

@@ -1,14 +1,16 @@
 """anomvae fit (anomvae.cli.fit and the estimator options of anomvae.cli.options):
 CSV data, images, and what it says of a refit_inliers refit."""
 
+import io
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGE_QUICK, QUICK, TRAIN, assert_input_error, invoke, write_digits
+from conftest import IMAGE_QUICK, QUICK, TRAIN, assert_input_error, invoke, quiet_fit, write_digits
 
 import anomvae
 from anomvae.cli import main
@@ -134,26 +136,38 @@ def test_fit_to_an_empty_name_or_a_full_device(tmp_path):
         assert_input_error(result, "cannot write /dev/full: No space left on device")
 
 
-def test_progress_handler_advances_once_per_epoch(inliers):
-    class Bar:
-        label, steps = "", 0
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
-        def update(self, n):
-            self.steps += n
 
-    import logging
+def _progress_lines(detector, X, stream):
+    with cli_options.progress(False, stream=stream):
+        quiet_fit(detector, X)
+    return stream.getvalue()
 
-    bar = Bar()
-    handler = cli_options.EpochProgress(bar)
-    logger = logging.getLogger("anomvae")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        detector = VAEAnomalyDetector(max_epochs=4, n_iter_no_change=None, random_state=0).fit(inliers)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
-    assert bar.steps == detector.n_epochs_ == 4 and bar.label.startswith("epoch 4 loss")
+
+def test_progress_shows_epochs_losses_and_patience_without_an_eta(inliers):
+    # A large tol makes early stopping end training long before max_epochs:
+    # a bar towards max_epochs would show a false ETA.
+    detector = VAEAnomalyDetector(max_epochs=200, n_iter_no_change=3, tol=0.5, kl_warmup=2, random_state=0)
+    shown = _progress_lines(detector, inliers, _Terminal())
+    assert shown.endswith("\n") and "ETA" not in shown.upper() and "%" not in shown
+    lines = [line.rstrip() for line in shown.rstrip("\n").split("\r")[1:]]
+    pattern = re.compile(r"epoch (\d+), loss -?[\d.]+, val -?[\d.]+, patience left (\d+)")
+    matches = [pattern.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    epochs = [int(m[1]) for m in matches]
+    left = [int(m[2]) for m in matches]
+    assert epochs == list(range(1, detector.n_epochs_ + 1)) and detector.n_epochs_ < 200
+    assert left[0] == 3 and left[-1] == 0 and min(left[:-1]) > 0
+
+
+def test_progress_without_early_stopping_or_a_terminal(inliers):
+    detector = VAEAnomalyDetector(max_epochs=3, n_iter_no_change=None, validation_fraction=0, random_state=0)
+    shown = _progress_lines(detector, inliers, _Terminal())
+    assert re.fullmatch(r"epoch 3, loss -?[\d.]+", shown.split("\r")[-1].rstrip()), shown
+    assert _progress_lines(detector, inliers, io.StringIO()) == ""
 
 
 @pytest.mark.parametrize("column", ["anomaly_score", "status"])

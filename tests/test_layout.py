@@ -23,6 +23,7 @@ LAYERS = [
     {"detector", "results", "explain", "metrics", "prometheus"},
     {"scoring", "persistence"},
     {"cli"},
+    {"__main__"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 

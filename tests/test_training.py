@@ -3,6 +3,7 @@ the KL warm-up and beta, batch sizes, the recorded history) and the
 refit_inliers="auto" rule of training.refit_rows."""
 
 import inspect
+import logging
 
 import numpy as np
 import pytest
@@ -294,3 +295,18 @@ def test_train_refuses_to_go_on_after_divergence(inliers):
     with pytest.raises(ValueError, match="training diverged at epoch 1"):
         train(module, inliers.astype(np.float32) * 1e30, None, TrainingOptions(max_epochs=2), seeds=(0, 0),
               device="cpu")
+
+
+def test_each_epoch_is_logged_with_the_patience_left(inliers, caplog):
+    caplog.set_level(logging.DEBUG, logger="anomvae")
+    detector = quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 100, "n_iter_no_change": 4, "tol": 0.5,
+                                               "kl_warmup": 3}), inliers)
+    logged = [r for r in caplog.records if hasattr(r, "anomvae_epoch")]
+    assert [r.anomvae_epoch.epoch for r in logged] == list(range(1, detector.n_epochs_ + 1))
+    left = [r.anomvae_patience_left for r in logged]
+    # Full patience through the warm-up; early stopping ends training at 0.
+    assert left[:3] == [4, 4, 4] and left[-1] == 0 and 0 not in left[:-1]
+    assert all(b in (a - 1, 4) for a, b in zip(left, left[1:]))
+    caplog.clear()
+    quiet_fit(VAEAnomalyDetector(**{**FAST, "max_epochs": 2, "n_iter_no_change": None}), inliers)
+    assert [r.anomvae_patience_left for r in caplog.records if hasattr(r, "anomvae_epoch")] == [None, None]

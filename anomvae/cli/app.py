@@ -88,6 +88,14 @@ def _flush_stdout():
 
 
 class _Group(click.Group):
+    def parse_args(self, ctx, args):
+        # Bare ``anomvae`` shows the help and succeeds, as with --help
+        # (click 8.2 and later would exit 2, a usage error).
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         # click itself would end both with exit code 1, which here means
         # "anomalies found, output complete"; neither is that.
@@ -165,10 +173,11 @@ def run():
             _end_by(_stop_signal)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="anomvae")
 def main():
-    """Find anomalies in tabular data with variational autoencoders.
+    """Find anomalies in CSV tables and image folders with variational
+    autoencoders: fit a model on normal data, score new batches.
 
     \b
     Exit codes:

@@ -19,6 +19,7 @@ from .options import (
     refit_note,
     refuse_csv_options,
     report_warnings,
+    threads_option,
 )
 
 
@@ -43,7 +44,8 @@ from .options import (
 @click.option("--grayscale", is_flag=True, help="Read images as one grey channel [default: the first "
               "image's mode].")
 @estimator_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on stderr.")
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.pass_context
 @input_errors
 def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, invalid_rows, force_images,
@@ -139,7 +141,7 @@ def _fit_images(detector, data, output, image_size, grayscale, quiet):
 def _train_and_save(detector, X, output, extra, quiet):
     from ..persistence import save
 
-    with warnings.catch_warnings(record=True) as caught, progress(detector.max_epochs, quiet):
+    with warnings.catch_warnings(record=True) as caught, progress(quiet):
         warnings.simplefilter("always")
         detector.fit(X)
     report_warnings(caught, quiet)

@@ -2,6 +2,7 @@
 progress bar of training."""
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -103,6 +104,26 @@ def estimator_params(values):
     return params
 
 
+def threads_option(command):
+    """Add ``--threads N`` to ``command``: torch's intra-op threads
+    (``torch.set_num_threads``), set before the command does any work.
+    Without it torch keeps its default (one thread per core)."""
+
+    @functools.wraps(command)
+    def with_threads(*args, threads, **kwargs):
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=None, metavar="N",
+        help="CPU threads torch computes with [default: torch's, one per core]. On a busy host, or with "
+        "several jobs at once, 1 is often much faster; scores are the same.",
+    )(with_threads)
+
+
 def report_warnings(caught, quiet):
     if quiet:
         return
@@ -111,37 +132,64 @@ def report_warnings(caught, quiet):
 
 
 class EpochProgress(logging.Handler):
-    """Advances a click progress bar on each epoch the detector logs."""
+    """Shows each epoch the detector logs on one line of ``stream``,
+    rewritten in place: ``epoch N, loss X, val Y, patience left P``.
 
-    def __init__(self, bar):
+    No bar and no time estimate: early stopping usually ends training long
+    before ``max_epochs``, so a bar towards it would show a false ETA.
+    ``val`` is left out when nothing is validated, ``patience left`` (the
+    epochs without improvement early stopping still allows) without early
+    stopping.
+    """
+
+    def __init__(self, stream):
         super().__init__(logging.DEBUG)
-        self.bar = bar
+        self.stream, self.width = stream, 0
+
+    @staticmethod
+    def describe(epoch, patience_left):
+        parts = [f"epoch {epoch.epoch}", f"loss {epoch.train_loss:.3f}"]
+        if not math.isnan(epoch.val_loss):
+            parts.append(f"val {epoch.val_loss:.3f}")
+        if patience_left is not None:
+            parts.append(f"patience left {patience_left}")
+        return ", ".join(parts)
 
     def emit(self, record):
         epoch = getattr(record, "anomvae_epoch", None)
-        if epoch is not None:
-            val = "" if math.isnan(epoch.val_loss) else f" val {epoch.val_loss:.3f}"
-            self.bar.label = f"epoch {epoch.epoch} loss {epoch.train_loss:.3f}{val}"
-            self.bar.update(1)
+        if epoch is None:
+            return
+        line = self.describe(epoch, getattr(record, "anomvae_patience_left", None))
+        # Padded to the longest line so far, so a shorter one leaves no tail.
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = max(self.width, len(line))
+
+    def finish(self):
+        """End the line, if any was shown."""
+        if self.width:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 @contextlib.contextmanager
-def progress(max_epochs, quiet):
-    """A progress bar on stderr while training, only when stderr is a terminal."""
-    if quiet or not sys.stderr.isatty():
+def progress(quiet, stream=None):
+    """Training progress on ``stream`` (standard error), only when it is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    if quiet or not stream.isatty():
         yield
         return
     logger = logging.getLogger("anomvae")
-    with click.progressbar(length=max_epochs, label="training", file=sys.stderr) as bar:
-        handler = EpochProgress(bar)
-        logger.addHandler(handler)
-        previous = logger.level
-        logger.setLevel(logging.DEBUG)
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(previous)
+    handler = EpochProgress(stream)
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.finish()
 
 
 class Data(click.ParamType):

@@ -9,7 +9,7 @@ import time
 import click
 
 from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
-from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, refuse_csv_options
+from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, refuse_csv_options, threads_option
 
 
 @main.command()
@@ -48,6 +48,7 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 @click.option("--metrics-file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Also write the run's Prometheus metrics (counts, threshold, max score, shift test, "
               "duration, last success time) here, for node_exporter's textfile collector (a .prom file).")
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @input_errors
@@ -181,6 +182,7 @@ def _report(summary, name, what):
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values, or unreadable images: fail naming them, or "
               "leave them out (listed on stderr).")
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @input_errors
