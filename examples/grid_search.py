@@ -6,7 +6,7 @@ their ROC-AUC (roc_auc reads decision_function, which is higher for normal
 rows) and pick the worst; anomvae.metrics.anomaly_roc_auc ranks rows by the
 anomaly score instead.
 
-Run from the repository root:  python examples/grid_search.py
+Run from the repository root:  .venv/bin/python examples/grid_search.py
 """
 
 import warnings
