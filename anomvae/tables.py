@@ -47,7 +47,8 @@ def _stdin():
 
 def _first_line_with_extra_values(path, delimiter):
     """Line number (header = 1) of the first line holding a non-empty value
-    beyond the header's columns, for a plain file on disk; else None."""
+    beyond the header's columns, for a plain file on disk (0 when there is
+    none); None when that cannot be told."""
     compressed = str(path).lower().endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"))
     # A delimiter of several characters is a regular expression to pandas; csv cannot follow it.
     # Standard input and pipes were read already.
@@ -62,7 +63,7 @@ def _first_line_with_extra_values(path, delimiter):
                     return number
     except (OSError, csv.Error, TypeError):
         return None
-    return None
+    return 0
 
 
 @contextlib.contextmanager
@@ -71,18 +72,22 @@ def _no_extra_fields(path, delimiter):
     into a :class:`DataError`: those values would be dropped silently. (A
     trailing delimiter on a line adds an empty field, which pandas drops
     without a warning, and which loses nothing.)"""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="Length of header or names does not match",
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message="Length of header or names does not match",
                                 category=pd.errors.ParserWarning)
-        try:
-            yield
-        except pd.errors.ParserWarning:
-            line = _first_line_with_extra_values(path, delimiter)
-            where = "a line" if line is None else f"line {line}"
-            raise DataError(
-                f"{display_name(path)}: {where} has more values than the header has columns "
-                f"(delimiter {delimiter!r}); name every column in the header"
-            ) from None
+        yield
+    if not any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        return
+    # With keep_default_na=False (verbatim ids) pandas warns of trailing
+    # empty fields too; a file on disk is checked for a value really lost.
+    line = _first_line_with_extra_values(path, delimiter)
+    if line == 0:
+        return
+    where = "a line" if line is None else f"line {line}"
+    raise DataError(
+        f"{display_name(path)}: {where} has more values than the header has columns "
+        f"(delimiter {delimiter!r}); name every column in the header"
+    )
 
 
 @contextlib.contextmanager
