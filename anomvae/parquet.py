@@ -207,9 +207,12 @@ def _typed_frame(batch, columns, text_columns, start):
 
 def id_values(values, fmt):
     """An id column of a chunk as the results writer takes it: as typed for
-    Parquet output; for text output, an object array with None where missing."""
+    Parquet output; for text output, an object array with None where missing
+    and dates and times in ISO format (as the JSON summary writes them)."""
     if fmt == "parquet" or not isinstance(values.dtype, pd.ArrowDtype):
         return values.array if fmt == "parquet" else values.to_numpy()
     cells = np.array(values.astype(object).to_numpy(), dtype=object)
     cells[np.asarray(values.isna())] = None
+    if values.dtype.kind in "Mm" or pd.api.types.is_object_dtype(values.dtype.numpy_dtype):
+        cells = np.array([v.isoformat() if hasattr(v, "isoformat") else v for v in cells], dtype=object)
     return cells

@@ -300,5 +300,13 @@ class TopScores:
 
 
 def json_value(value):
-    """``value`` for a JSON document: None where pandas sees a missing value."""
-    return None if pd.isna(value) else value
+    """``value`` for a JSON document: None where pandas sees a missing value;
+    a date or time (a typed Parquet id) in ISO format, another value JSON
+    has no type for (a decimal, bytes) as its text."""
+    if pd.isna(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int, float, list, dict)):
+        return value
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,6 +1,7 @@
 """Parquet data (anomvae.parquet) read by fit, score and calibrate, and
 score's Parquet output. Files are written with pandas/pyarrow in tmp dirs."""
 
+import json
 import os
 import sys
 
@@ -223,3 +224,25 @@ def test_csv_dialect_options_are_refused_for_parquet(model, new_parquet, tmp_pat
         result = invoke(*args)
         assert result.exit_code == 2, result.output
         assert f"apply to CSV data; {new_parquet} is read as Parquet" in result.stderr
+
+
+def test_typed_ids_in_every_output(model, tmp_path):
+    frame = csv_frame(NEW).iloc[:5]
+    frame = frame.assign(record_id=pd.array([7, None, 9, 10, 11], dtype="Int64"),
+                         ts=pd.Timestamp("2024-06-01") + pd.to_timedelta(np.arange(5), "min"))
+    frame.to_parquet(tmp_path / "typed.parquet")
+    ids = ["--id-column", "record_id", "--id-column", "ts"]
+    result = invoke("score", model, tmp_path / "typed.parquet", *ids, "--summary-json", tmp_path / "s.json",
+                    "--summary-top", "5")
+    assert result.stdout.splitlines()[1].startswith("7,2024-06-01T00:00:00,")
+    assert result.stdout.splitlines()[2].startswith(",2024-06-01T00:01:00,")  # a null id is empty
+    tops = json.loads((tmp_path / "s.json").read_text())["top_anomalies"]
+    assert {(t["record_id"], t["ts"]) for t in tops} >= {(None, "2024-06-01T00:01:00"), (7, "2024-06-01T00:00:00")}
+    invoke("score", model, tmp_path / "typed.parquet", *ids, "-o", tmp_path / "out.jsonl")
+    second = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[1])
+    assert second["ts"] == "2024-06-01T00:01:00" and second["record_id"] is None
+    invoke("score", model, tmp_path / "typed.parquet", *ids, "-o", tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert pa.types.is_timestamp(table.schema.field("ts").type)
+    assert table.schema.field("record_id").type == pa.int64()
+    assert table.column("record_id").to_pylist() == [7, None, 9, 10, 11]
