@@ -181,7 +181,7 @@ def test_parquet_output_is_typed_and_round_trips(model, tmp_path):
     assert out["status"].tolist() == text["status"].tolist()
 
 
-def test_format_parquet_from_csv_and_images(model, tmp_path):
+def test_format_parquet_whatever_the_output_name(model, tmp_path):
     result = invoke("score", model, NEW, "--format", "parquet", "-o", tmp_path / "results.bin")
     assert result.exit_code == 0, result.output
     out = pd.read_parquet(tmp_path / "results.bin")
