@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from . import parquet
 from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -30,11 +31,13 @@ def is_image_source(source):
     """True when ``source`` names images: a directory, a glob pattern, an
     image file, a ``.npy``/``.npz`` array, or a list of such paths. A file
     that exists is what its name says, even with ``*?[`` in the name
-    (``batch[1].csv`` is a CSV file, not a pattern)."""
+    (``batch[1].csv`` is a CSV file, not a pattern). Parquet data
+    (:func:`anomvae.parquet.is_parquet_source`: a folder holding Parquet
+    files, a pattern matching only such files) is not images."""
     if isinstance(source, (list, tuple)):
         return True
     text = str(source)
-    if text == "-":
+    if text == "-" or parquet.is_parquet_source(text):
         return False
     pattern = any(c in text for c in _GLOB_CHARS) and not os.path.exists(text)
     return os.path.isdir(text) or pattern or text.lower().endswith(IMAGE_EXTENSIONS + ARRAY_EXTENSIONS)

@@ -1,15 +1,22 @@
 """Scoring results: one output row per input row, and the batch's summary.
 
-:class:`ResultWriter` writes results as CSV or JSON lines and keeps the
+:class:`ResultWriter` writes results as CSV, JSON lines or Parquet and keeps the
 :class:`ScoringSummary` of what it wrote; :class:`TopScores` keeps the
 highest-scoring rows in bounded memory.
 
 JSON has no infinity: in JSON lines and in the summary an infinite number
 is written as the string ``"inf"`` (or ``"-inf"``, and NaN as ``"nan"``);
 CSV writes ``inf``. A missing value (the score of a row not scored) is
-empty in CSV and ``null`` in JSON.
+empty in CSV and ``null`` in JSON and Parquet.
+
+Parquet results are typed: id columns as read (Parquet types from Parquet
+data, strings from CSV), ``row`` int64, ``anomaly_score`` and ``p_value``
+float64, ``is_anomaly`` bool, ``status`` and ``explanation`` strings. They
+are written one row group per batch through ``pyarrow.parquet.ParquetWriter``
+to a binary stream.
 """
 
+import contextlib
 import heapq
 import math
 import re
@@ -18,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import parquet
 from .errors import DataError, quote
 
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
@@ -154,6 +162,25 @@ class ScoringSummary:
         return json_safe(values)
 
 
+def _arrow_schema(frame):
+    """The Parquet schema of the results, from their first batch ``frame``."""
+    import pyarrow as pa
+
+    fields = []
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if isinstance(dtype, pd.ArrowDtype):
+            kind = dtype.pyarrow_dtype
+        elif dtype.kind in "OSU" or isinstance(dtype, pd.StringDtype):
+            kind = pa.string()
+        elif isinstance(dtype, pd.BooleanDtype):
+            kind = pa.bool_()
+        else:
+            kind = pa.from_numpy_dtype(dtype)
+        fields.append(pa.field(str(column), kind))
+    return pa.schema(fields)
+
+
 class ResultWriter:
     """Writes batches of results to ``stream`` and counts them in ``summary``.
 
@@ -161,7 +188,9 @@ class ResultWriter:
     was not scored), any ``before`` columns, ``is_anomaly``, ``status``
     (with ``mark_invalid``: "scored" or "not scored: why"), any ``after``
     columns. With ``only_anomalies`` only flagged rows (and rows not scored)
-    are written. ``rows_written`` counts the rows written so far.
+    are written. ``rows_written`` counts the rows written so far. With
+    ``fmt="parquet"``, ``stream`` is binary and :meth:`close` (or leaving
+    a ``with`` block) writes the file's footer.
     """
 
     def __init__(self, stream, summary, *, fmt="csv", mark_invalid=False, only_anomalies=False):
@@ -169,6 +198,7 @@ class ResultWriter:
         self.mark_invalid, self.only_anomalies = mark_invalid, only_anomalies
         self.header_written = False
         self.rows_written = 0
+        self._parquet = None  # the pyarrow ParquetWriter, from the first batch on
 
     def write(self, ids, scores, valid, reasons, *, before=None, after=None):
         """Write one batch. ``ids`` maps output columns to per-row values;
@@ -185,6 +215,8 @@ class ResultWriter:
             out[column] = values
         if self.fmt == "csv":
             out["is_anomaly"] = np.where(invalid, "", np.where(flagged, "true", "false"))
+        elif self.fmt == "parquet":
+            out["is_anomaly"] = pd.array(np.where(invalid, None, flagged), dtype="boolean")
         else:
             out["is_anomaly"] = pd.Series(flagged, dtype=object).where(valid, None).to_numpy()
         if self.mark_invalid:
@@ -196,12 +228,41 @@ class ResultWriter:
         written = flagged | invalid if self.only_anomalies else np.ones(len(out), dtype=bool)
         if self.only_anomalies:
             out = out[written]
-        write_frame(out, self.stream, self.fmt, header=not self.header_written)
+        if self.fmt == "parquet":
+            self._write_parquet(out)
+        else:
+            write_frame(out, self.stream, self.fmt, header=not self.header_written)
         self.header_written = True
         self.summary.count(scores, valid, flagged)
         positions = np.where(written, self.rows_written + np.cumsum(written), 0)
         self.rows_written += int(written.sum())
         return positions
+
+    def _write_parquet(self, frame):
+        pq = parquet.pyarrow_parquet()  # first: without pyarrow, say how to install it
+        import pyarrow as pa
+
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.stream, _arrow_schema(frame))
+        table = pa.Table.from_pandas(frame.reset_index(drop=True), schema=self._parquet.schema, preserve_index=False)
+        self._parquet.write_table(table)
+
+    def close(self):
+        """End the output: the Parquet footer (nothing for CSV and JSON lines)."""
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        """:meth:`close`; after an error, one in closing is not raised over it."""
+        if kind is None:
+            self.close()
+        else:
+            with contextlib.suppress(Exception):
+                self.close()
 
 
 class TopScores:
@@ -239,5 +300,13 @@ class TopScores:
 
 
 def json_value(value):
-    """``value`` for a JSON document: None where pandas sees a missing value."""
-    return None if pd.isna(value) else value
+    """``value`` for a JSON document: None where pandas sees a missing value;
+    a date or time (a typed Parquet id) in ISO format, another value JSON
+    has no type for (a decimal, bytes) as its text."""
+    if pd.isna(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int, float, list, dict)):
+        return value
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,4 +1,4 @@
-"""Streaming scoring of CSV files and images: the work behind ``anomvae score``.
+"""Streaming scoring of tables (CSV, Parquet) and images: the work behind ``anomvae score``.
 
 Kept in the library so that Python users can score files the same way the
 command does: chunk by chunk, with bounded memory, every input row accounted
@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from . import images, tables
+from . import images, parquet, tables
 from .calibration import check_fpr, conformal_p_values, score_shift
 from .errors import DataError
 from .explain import HeatScale, explanation_cells, heatmap_image
@@ -34,25 +34,29 @@ def feature_names(model):
 def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
               delimiter=",", decimal=".", mark_invalid=False, only_anomalies=False, explain_top=0,
               summary_top=10, shift_test=True):
-    """Score a CSV file chunk by chunk and write one result row per input row.
+    """Score a CSV file or Parquet data chunk by chunk and write one result row per input row.
 
     Parameters
     ----------
     model : VAEAnomalyDetector or ScoringModel
         Fitted on a DataFrame, so that columns are matched by name.
     path : str
-        CSV file, or ``"-"`` for stdin.
-    stream : text file object
-        Where results go, as they are computed.
+        CSV file, or ``"-"`` for stdin; or Parquet data (a file, folder or
+        glob, see :func:`anomvae.parquet.is_parquet_source`), read by row
+        group where the CSV dialect does not apply and rows are named by
+        file and 0-based row index instead of line.
+    stream : file object
+        Where results go, as they are computed: text, or binary for Parquet.
     id_columns : sequence of str, default=()
-        Columns copied to the output, each value as written (read as text:
-        ``NA`` stays ``NA``, spaces are kept, an empty cell stays empty);
+        Columns copied to the output, each value as written (read from CSV
+        as text: ``NA`` stays ``NA``, spaces are kept, an empty cell stays
+        empty; from Parquet in their Parquet type);
         without any, a 1-based ``row`` number (the data row; its line in
         the file is ``row + 1``). A name of an output column
         (:data:`anomvae.results.OUTPUT_COLUMNS`) is refused.
     threshold : float, default=None
         Anomaly-score cut in nats, finite; ``None`` uses ``model.threshold_``.
-    fmt : {"csv", "jsonl"}, default="csv"
+    fmt : {"csv", "jsonl", "parquet"}, default="csv"
     chunk_size : int, default=10000
         Rows read and scored at a time.
     delimiter : str, default=","
@@ -96,28 +100,34 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     writer = ResultWriter(stream, summary, fmt=fmt, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
     standardizer = model.standardizer_
     monitor = _Monitor(model, summary_top, shift_test)
-    chunks = tables.iter_csv(path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
-                             decimal=decimal, text_columns=id_columns)
-    for chunk in chunks:
-        X = tables.to_numeric(chunk, features, name=name, decimal=decimal)
-        invalid, reasons = standardizer.unusable_rows(X, features)
-        if invalid.any() and not mark_invalid:
-            raise tables.invalid_rows_error(name, chunk.index[invalid], reasons, "fix them or pass --invalid-rows mark")
-        scores, invalid, reasons = _scores(model, X, features, invalid, reasons, chunk.index, name, mark_invalid)
-        valid = ~invalid
-        before, after = monitor.p_values(scores, valid), {}
-        if explain_top:
-            flagged = valid & (scores > summary.threshold)
-            after["explanation"] = explanation_cells(model, X, flagged, features, explain_top, fmt)
-        ids = {c: chunk[c].to_numpy() for c in id_columns} if id_columns else {"row": chunk.index.to_numpy() + 1}
-        why = [f"{r} (line {tables.line_number(row)})" for r, row in zip(reasons, chunk.index[invalid])]
-        writer.write(ids, scores, valid, why, before=before, after=after)
-        positions = np.flatnonzero(valid)
-        rows = chunk.index.to_numpy()[positions] + 1
-        monitor.add(scores[valid], rows, lambda i: (
-            {c: json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
-            else {"row": int(rows[i])}
-        ))
+    chunks = tables.iter_table(path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
+                               decimal=decimal, text_columns=id_columns)
+    names = tables.RowNames(path)
+    with writer:
+        for chunk in chunks:
+            X = tables.to_numeric(chunk, features, name=name, decimal=decimal)
+            invalid, reasons = standardizer.unusable_rows(X, features)
+            if invalid.any() and not mark_invalid:
+                raise tables.invalid_rows_error(name, chunk.index[invalid], reasons,
+                                                "fix them or pass --invalid-rows mark", names)
+            scores, invalid, reasons = _scores(model, X, features, invalid, reasons, chunk.index, name, mark_invalid,
+                                               names)
+            valid = ~invalid
+            before, after = monitor.p_values(scores, valid), {}
+            if explain_top:
+                flagged = valid & (scores > summary.threshold)
+                after["explanation"] = explanation_cells(model, X, flagged, features, explain_top,
+                                                          "csv" if fmt == "parquet" else fmt)
+            ids = ({c: parquet.id_values(chunk[c], fmt) for c in id_columns} if id_columns
+                   else {"row": chunk.index.to_numpy() + 1})
+            why = [f"{r} ({names(row)})" for r, row in zip(reasons, chunk.index[invalid])]
+            writer.write(ids, scores, valid, why, before=before, after=after)
+            positions = np.flatnonzero(valid)
+            rows = chunk.index.to_numpy()[positions] + 1
+            monitor.add(scores[valid], rows, lambda i: (
+                {c: json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
+                else {"row": int(rows[i])}
+            ))
     stream.flush()
     return monitor.finish(summary)
 
@@ -164,7 +174,7 @@ class _Monitor:
         return summary
 
 
-def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid):
+def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid, names):
     """Anomaly scores of a chunk's usable rows (NaN for the others), and the
     chunk's unusable rows and reasons with any row whose score came out NaN."""
     scores = np.full(len(X), np.nan)
@@ -179,12 +189,8 @@ def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid):
     # float32 arithmetic inside the network that overflows into NaN.
     problem = "its anomaly score is NaN: a value too large for the model's float32 network"
     if not mark_invalid:
-        lines = [tables.line_number(row) for row in rows[unscorable]]
-        raise DataError(
-            f"{name}: {len(lines)} row(s) cannot be scored, line(s) "
-            f"{', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''}: {problem}; "
-            "fix them or pass --invalid-rows mark"
-        )
+        raise DataError(f"{name}: {int(unscorable.sum())} row(s) cannot be scored, {names.text(rows[unscorable])}: "
+                        f"{problem}; fix them or pass --invalid-rows mark")
     reason_of = dict(zip(np.flatnonzero(invalid), reasons))
     reason_of.update((i, problem) for i in np.flatnonzero(unscorable))
     invalid = invalid | unscorable
@@ -249,7 +255,7 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
     scale = HeatScale.for_model(model) if heatmap_scale == "model" else None
     batches = images.iter_images(source, size=shape[1:], grayscale=shape[0] == 1, batch_size=batch_size,
                                  skip_unreadable=mark_invalid)
-    with staged_folder(heatmaps, "heatmaps") as staging:
+    with staged_folder(heatmaps, "heatmaps") as staging, writer:
         for paths, pixels, problems in batches:
             valid = np.array([p is None for p in problems])
             scores = np.full(len(paths), np.nan)
@@ -264,7 +270,7 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
             if staging is not None and drawn.any():
                 _draw_heatmaps(model, paths, pixels, scores, drawn, positions, scale, summary.threshold, staging,
                                heatmaps)
-        stream.flush()
+    stream.flush()
     return monitor.finish(summary)
 
 

@@ -1,4 +1,4 @@
-"""Reading tables (CSV files) into numeric arrays.
+"""Reading tables (CSV files; Parquet through :mod:`anomvae.parquet`) into numeric arrays.
 
 Never touches torch. Errors are :class:`~anomvae.errors.DataError`, whose
 message names the file and, where it applies, the column, the line and the
@@ -21,16 +21,15 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from . import parquet
 from .errors import DataError, quote
 
 # Lines listed in an error message before "and N more".
 _MAX_LINES_SHOWN = 5
 # What pandas reads as missing by default: in every column but the text
 # (id) columns, whose values are copied to the output as written.
-MISSING_MARKERS = frozenset([
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
-    "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-])
+MISSING_MARKERS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
 # A number written with a decimal comma, which a file read with --decimal '.' leaves as text.
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
 
@@ -305,11 +304,10 @@ def line_number(row):
     return int(row) + 2
 
 
-def lines_text(rows):
-    """Line numbers of 0-based data ``rows``, the first few and how many more."""
-    lines = [str(line_number(r)) for r in rows[:_MAX_LINES_SHOWN]]
+def lines_text(rows, label=lambda row: str(line_number(row))):
+    """Line numbers (or other ``label``) of 0-based data ``rows``, the first few and how many more."""
     more = len(rows) - _MAX_LINES_SHOWN
-    return ", ".join(lines) + (f" and {more} more" if more > 0 else "")
+    return ", ".join(map(label, rows[:_MAX_LINES_SHOWN])) + (f" and {more} more" if more > 0 else "")
 
 
 _DECIMAL_HINT = "read the file with --decimal ',' (and a --delimiter other than ',')"
@@ -363,21 +361,48 @@ def to_numeric(frame, columns, *, name, decimal="."):
     return block
 
 
-def invalid_rows_error(name, rows, reasons, hint):
-    """The :class:`DataError` for 0-based data ``rows`` that cannot be used,
-    one reason each (as :meth:`~anomvae.preprocessing.Standardizer.unusable_rows`
-    gives them)."""
-    return DataError(
-        f"{name}: {len(rows)} row(s) with empty, NaN or infinite values at line(s) {lines_text(rows)} "
-        f"(line {line_number(rows[0])}: {reasons[0]}); {hint}"
-    )
+def invalid_rows_error(name, rows, reasons, hint, names):
+    """The :class:`DataError` for unusable 0-based data ``rows``, one reason each, named by ``names`` (a RowNames)."""
+    return DataError(f"{name}: {len(rows)} row(s) with empty, NaN or infinite values at "
+                     f"{names.text(rows)} ({names(rows[0])}: {reasons[0]}); {hint}")
+
+
+class RowNames:
+    """How messages name 0-based data rows of ``path``: CSV ``line N``; Parquet ``FILE row I`` (0-based in FILE)."""
+
+    def __init__(self, path):
+        self._starts = parquet.file_starts(path) if parquet.is_parquet_source(path) else None
+
+    def __call__(self, row):
+        if self._starts is None:
+            return f"line {line_number(row)}"
+        first, path = next((s, p) for s, p in reversed(self._starts) if s <= row)
+        return f"{path} row {int(row) - first}"
+
+    def text(self, rows):
+        """The first few ``rows`` and how many more: ``line(s) 3, 5`` or ``a.parquet row 1, ...``."""
+        return f"line(s) {lines_text(rows)}" if self._starts is None else lines_text(rows, self)
+
+
+def read_table(path, *, delimiter=",", decimal=".", text_columns=()):
+    """:func:`read_csv`, or :func:`anomvae.parquet.read_parquet` for Parquet ``path``."""
+    if not parquet.is_parquet_source(path):
+        return read_csv(path, delimiter=delimiter, decimal=decimal, text_columns=text_columns)
+    return parquet.read_parquet(path, text_columns=text_columns)
+
+
+def iter_table(path, *, columns, chunk_size, delimiter=",", decimal=".", text_columns=()):
+    """:func:`iter_csv`, or :func:`anomvae.parquet.iter_parquet` for Parquet ``path`` (no dialect)."""
+    if parquet.is_parquet_source(path):
+        return parquet.iter_parquet(path, columns=columns, chunk_size=chunk_size, text_columns=text_columns)
+    return iter_csv(path, columns=columns, chunk_size=chunk_size, delimiter=delimiter, decimal=decimal,
+                    text_columns=text_columns)
 
 
 def read_feature_rows(path, features, standardizer, *, delimiter=",", decimal=".", skip_invalid=False,
                       chunk_size=10_000):
-    """Read the columns ``features`` (by name) of a CSV file, checking each
-    row with ``standardizer`` (a :class:`~anomvae.preprocessing.Standardizer`):
-    the rows a model is calibrated on.
+    """Read the columns ``features`` (by name) of a CSV file or Parquet data, checking each row with
+    ``standardizer`` (a :class:`~anomvae.preprocessing.Standardizer`): the rows a model is calibrated on.
 
     Returns
     -------
@@ -387,14 +412,14 @@ def read_feature_rows(path, features, standardizer, *, delimiter=",", decimal=".
         0-based data rows left out as unusable (only with ``skip_invalid``;
         otherwise such rows raise :class:`DataError`).
     """
-    name = display_name(path)
-    blocks, skipped = [], []
-    for chunk in iter_csv(path, columns=features, chunk_size=chunk_size, delimiter=delimiter, decimal=decimal):
+    name, blocks, skipped = display_name(path), [], []
+    for chunk in iter_table(path, columns=features, chunk_size=chunk_size, delimiter=delimiter, decimal=decimal):
         X = to_numeric(chunk, features, name=name, decimal=decimal)
         invalid, reasons = standardizer.unusable_rows(X, features)
         if invalid.any():
             if not skip_invalid:
-                raise invalid_rows_error(name, chunk.index[invalid], reasons, "fix them or pass --invalid-rows skip")
+                raise invalid_rows_error(name, chunk.index[invalid], reasons, "fix them or pass --invalid-rows skip",
+                                         RowNames(path))
             skipped += [int(row) for row in chunk.index[invalid]]
         blocks.append(X[~invalid])
     return pd.DataFrame(np.concatenate(blocks), columns=features), skipped

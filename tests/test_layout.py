@@ -16,7 +16,7 @@ PACKAGE = ROOT / "anomvae"
 # command line at the top.
 LAYERS = [
     {"errors", "version"},
-    {"preprocessing", "history", "config", "elbo", "latent"},
+    {"preprocessing", "history", "config", "elbo", "latent", "parquet"},
     {"tables", "images", "calibration", "schema", "files"},
     {"model"},
     {"training", "fitted"},

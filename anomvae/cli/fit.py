@@ -50,12 +50,14 @@ from .options import (
 @input_errors
 def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, invalid_rows, force_images,
         image_size, grayscale, quiet, **values):
-    """Train a model on DATA: the numeric columns of a CSV file (- for stdin),
-    or images (a folder, a glob, image files, or a .npy/.npz array)."""
+    """Train a model on DATA: the numeric columns of a CSV file (- for stdin)
+    or of Parquet data (a .parquet file, or a folder or glob of them), or
+    images (a folder, a glob, image files, or a .npy/.npz array)."""
     from .. import tables
     from ..detector import VAEAnomalyDetector
     from ..files import check_outputs
     from ..images import is_image_source
+    from ..parquet import is_parquet_source
     from ..preprocessing import Standardizer
     from ..results import check_id_columns
 
@@ -71,11 +73,13 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, inva
     if image_size or grayscale:
         raise click.UsageError(f"--image-size and --grayscale apply to images; {data} is read as CSV")
     check_dialect(delimiter, decimal)
+    if is_parquet_source(data):
+        refuse_csv_options(ctx, ("delimiter", "decimal"), data, "Parquet")
     detector = VAEAnomalyDetector(**params)
     detector.check_params()  # fail on a bad option before reading any data
     check_id_columns(id_column)
     name = tables.display_name(data)
-    frame = tables.read_csv(data, delimiter=delimiter, decimal=decimal, text_columns=id_column)
+    frame = tables.read_table(data, delimiter=delimiter, decimal=decimal, text_columns=id_column)
     features, skipped = tables.select_features(
         frame, columns=columns, exclude=exclude, id_columns=id_column, name=name, decimal=decimal
     )
@@ -84,16 +88,16 @@ def fit(ctx, data, output, columns, exclude, id_column, delimiter, decimal, inva
     X = tables.to_numeric(frame, features, name=name, decimal=decimal)
     invalid, reasons = Standardizer.identity(len(features), detector.likelihood).unusable_rows(X, features)
     if invalid.any():
-        rows = frame.index[invalid]
+        rows, names = frame.index[invalid], tables.RowNames(data)
         if invalid_rows == "error":
-            raise tables.invalid_rows_error(name, rows, reasons, "fix them or pass --invalid-rows skip")
+            raise tables.invalid_rows_error(name, rows, reasons, "fix them or pass --invalid-rows skip", names)
         X = X[~invalid]
         if len(X) < 2:
             raise InputError(f"{name}: {len(X)} row(s) left after skipping {invalid.sum()} with empty, NaN or "
-                             f"infinite values (line(s) {tables.lines_text(rows)}); fit needs at least 2")
+                             f"infinite values ({names.text(rows)}); fit needs at least 2")
         if not quiet:
             click.echo(f"{name}: skipped {invalid.sum()} row(s) with empty, NaN or infinite values "
-                       f"at line(s) {tables.lines_text(rows)}", err=True)
+                       f"at {names.text(rows)}", err=True)
 
     import pandas as pd
 

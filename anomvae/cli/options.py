@@ -193,7 +193,8 @@ def progress(quiet, stream=None):
 
 
 class Data(click.ParamType):
-    """A CSV file (``-`` for stdin), or images: a folder, a glob pattern, an
+    """A CSV file (``-`` for stdin), Parquet data (see
+    :func:`anomvae.parquet.is_parquet_source`), or images: a folder, a glob pattern, an
     image file or a ``.npy``/``.npz`` array (see :func:`anomvae.images.is_image_source`)."""
 
     name = "DATA"
@@ -201,8 +202,10 @@ class Data(click.ParamType):
 
     def convert(self, value, param, ctx):
         from ..images import is_image_source
+        from ..parquet import is_parquet_source
 
-        if is_image_source(value):
+        # Parquet data and images are checked when read, naming what is missing.
+        if is_image_source(value) or is_parquet_source(value):
             return value
         return self._csv.convert(value, param, ctx)
 
@@ -266,13 +269,13 @@ IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
 COLORS = {1: "grayscale", 3: "rgb"}
 
 
-def refuse_csv_options(ctx, names, data):
-    """A usage error naming the CSV-only options given for image data,
-    which would otherwise be ignored without a word."""
+def refuse_csv_options(ctx, names, data, kind="images"):
+    """A usage error naming the CSV-only options given for image (or
+    Parquet) data, which would otherwise be ignored without a word."""
     given = [name for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
     if given:
         options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{options} apply to CSV data; {data} is read as images")
+        raise click.UsageError(f"{options} apply to CSV data; {data} is read as {kind}")
 
 
 def refit_note(n_excluded, refit_inliers):

@@ -17,8 +17,9 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 @click.argument("data", type=DATA)
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               show_default=True, help="Where to write the results.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Output format [default: jsonl for a .jsonl output, else csv].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
+              help="Output format [default: jsonl for a .jsonl output, parquet for a .parquet or .pq "
+              "output, else csv]. Parquet needs -o FILE.")
 @click.option("--only-anomalies", is_flag=True, help="Write only flagged rows (and rows not scored).")
 @click.option("--threshold", type=FiniteFloat(), help="Anomaly-score cut in nats, instead of the model's.")
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any row is flagged.")
@@ -55,8 +56,9 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
           chunk_size, delimiter, decimal, invalid_rows, heatmaps, heatmap_scale, explain_top, summary_json,
           summary_top, metrics_file, quiet):
-    """Score every row of DATA (a CSV file, - for stdin) with MODEL, or every
-    image of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
+    """Score every row of DATA (a CSV file, - for stdin; or Parquet: a
+    .parquet file, or a folder or glob of them) with MODEL, or every image
+    of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
 
     Writes the id columns (or the 1-based 'row' number; for images the
     'path'), 'anomaly_score' (the negative ELBO, in nats), 'p_value'
@@ -66,6 +68,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     """
     started = time.monotonic()
     from ..files import atomic_write, check_outputs, storage_errors
+    from ..parquet import is_parquet_source
     from ..persistence import load_with_metadata
     from ..prometheus import metrics_text
     from ..scoring import score_csv, score_images
@@ -81,13 +84,17 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         raise click.UsageError("--heatmap-scale applies with --heatmaps")
     if image_model:
         refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
+    elif is_parquet_source(data):
+        refuse_csv_options(ctx, ("delimiter", "decimal"), data, "Parquet")
     if image_model and explain_top:
         raise click.UsageError("--explain applies to tabular models; for an image model, --heatmaps DIR draws "
                                "where each image's score comes from")
     # Scores alone need only the network: skip importing scikit-learn.
     detector, metadata = load_with_metadata(model, scoring_only=not (heatmaps or explain_top))
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
-    fmt = fmt or ("jsonl" if str(output).endswith((".jsonl", ".jsonl.gz")) else "csv")
+    fmt = fmt or _output_format(output)
+    if fmt == "parquet" and output == "-":
+        raise click.UsageError("Parquet results are binary: give -o FILE.parquet, not standard output")
     cut = detector.threshold_ if threshold is None else threshold
     with contextlib.ExitStack() as outputs:
         # The metrics' and the summary's temporary files first: an
@@ -97,7 +104,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         metrics_stream = outputs.enter_context(atomic_write(metrics_file, "wb")) if metrics_file else None
         summary_stream = outputs.enter_context(atomic_write(summary_json)) if summary_json else None
         results = outputs.enter_context(contextlib.ExitStack())
-        stream = results.enter_context(atomic_write(output))
+        stream = results.enter_context(atomic_write(output, "wb" if fmt == "parquet" else "w"))
         common = dict(threshold=cut, fmt=fmt, mark_invalid=invalid_rows == "mark", only_anomalies=only_anomalies,
                       summary_top=summary_top,
                       # Only the stderr warning, the JSON summary and the metrics read the shift test.
@@ -131,6 +138,16 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         ctx.exit(EXIT_ANOMALIES)
 
 
+def _output_format(output):
+    """The results' format that ``-o``'s name says: jsonl, parquet or csv."""
+    from ..parquet import PARQUET_EXTENSIONS
+
+    name = str(output).lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    return "parquet" if name.endswith(PARQUET_EXTENSIONS) else "csv"
+
+
 def _input_label(data):
     """The ``input`` label of the metrics: DATA's file or folder name."""
     return "<stdin>" if data == "-" else os.path.basename(os.path.normpath(data))
@@ -139,14 +156,16 @@ def _input_label(data):
 def _image_model(model, data):
     """Whether MODEL is an image model; an input error when DATA is the other kind."""
     from ..images import is_image_source
+    from ..parquet import is_parquet_source
     from ..persistence import read_metadata
     from ..tables import display_name
 
     image_model = model_kind(read_metadata(model)) == "images"
     if image_model != is_image_source(data):
         kind = "images" if image_model else "CSV data"
+        table = "Parquet data" if is_parquet_source(data) else "a CSV file"
         raise InputError(f"{model} is a model of {kind}, but {display_name(data)} is "
-                         f"{'a CSV file' if image_model else 'images'}")
+                         f"{table if image_model else 'images'}")
     return image_model
 
 
@@ -196,9 +215,10 @@ def calibrate(ctx, model, data, fpr, output, delimiter, decimal, invalid_rows, q
     training data.
     """
     from ..files import check_outputs
+    from ..parquet import is_parquet_source
     from ..persistence import load_with_metadata, save
     from ..scoring import calibrate_images, feature_names
-    from ..tables import display_name, lines_text, read_feature_rows
+    from ..tables import RowNames, display_name, read_feature_rows
 
     check_dialect(delimiter, decimal)
     image_model = _image_model(model, data)
@@ -206,6 +226,8 @@ def calibrate(ctx, model, data, fpr, output, delimiter, decimal, invalid_rows, q
     check_outputs({"-o": output}, data_inputs(data, image_model))
     if image_model:
         refuse_csv_options(ctx, ("delimiter", "decimal"), data)
+    elif is_parquet_source(data):
+        refuse_csv_options(ctx, ("delimiter", "decimal"), data, "Parquet")
     detector, metadata = load_with_metadata(model)
     name = display_name(data)
     if image_model:
@@ -215,13 +237,13 @@ def calibrate(ctx, model, data, fpr, output, delimiter, decimal, invalid_rows, q
     else:
         X, skipped = read_feature_rows(data, feature_names(detector), detector.standardizer_, delimiter=delimiter,
                                        decimal=decimal, skip_invalid=invalid_rows == "skip")
+        where = RowNames(data).text(skipped) if len(skipped) else ""
         if not len(X):
             raise InputError(f"{name}: every row was skipped for empty, NaN or infinite values "
-                             f"(line(s) {lines_text(skipped)}); nothing to calibrate on")
+                             f"({where}); nothing to calibrate on")
         detector.calibrate(X, fpr=fpr)
         count, what = len(X), "rows"
-        note = (f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values "
-                f"at line(s) {lines_text(skipped)}")
+        note = f"{name}: skipped {len(skipped)} row(s) with empty, NaN or infinite values at {where}"
     output = output or model
     save(detector, output, extra=metadata.get("extra"))
     if not quiet:
