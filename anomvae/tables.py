@@ -68,25 +68,20 @@ def _first_line_with_extra_values(path, delimiter):
 @contextlib.contextmanager
 def _no_extra_fields(path, delimiter):
     """Turn pandas' warning about lines with more fields than the header
-    into a :class:`DataError`: those values would be dropped silently. (A
-    trailing delimiter on a line adds an empty field, which pandas drops
-    without a warning, and which loses nothing.)"""
+    into a :class:`DataError`: those values would be dropped silently. With
+    keep_default_na=False (verbatim ids) pandas also warns of the empty
+    field a trailing delimiter adds, which loses nothing: a file on disk is
+    checked for a value really lost."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", message="Length of header or names does not match",
                                 category=pd.errors.ParserWarning)
         yield
-    if not any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        return
-    # With keep_default_na=False (verbatim ids) pandas warns of trailing
-    # empty fields too; a file on disk is checked for a value really lost.
-    line = _first_line_with_extra_values(path, delimiter)
-    if line == 0:
-        return
-    where = "a line" if line is None else f"line {line}"
-    raise DataError(
-        f"{display_name(path)}: {where} has more values than the header has columns "
-        f"(delimiter {delimiter!r}); name every column in the header"
-    )
+    lost = any("Length of header or names" in str(w.message) for w in caught)
+    line = _first_line_with_extra_values(path, delimiter) if lost else 0
+    if line != 0:
+        where = "a line" if line is None else f"line {line}"
+        raise DataError(f"{display_name(path)}: {where} has more values than the header has columns "
+                        f"(delimiter {delimiter!r}); name every column in the header")
 
 
 @contextlib.contextmanager
