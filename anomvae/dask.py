@@ -45,6 +45,18 @@ def _dask_dataframe():
     return dask.dataframe
 
 
+def require():
+    """An ImportError naming the extra to install unless Dask, distributed
+    and pyarrow are all importable."""
+    import importlib
+
+    for name in ("dask.dataframe", "distributed", "pyarrow"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"{name} is not installed; {INSTALL_HINT} ({exc})") from None
+
+
 def cached_model(path):
     """The model file at ``path`` loaded for scoring
     (:func:`~anomvae.persistence.load_for_scoring`), once per process for

@@ -1,5 +1,6 @@
 """anomvae.dask on a 2-worker LocalCluster (processes, one thread each)."""
 
+import io
 import os
 import re
 import signal
@@ -165,3 +166,29 @@ def test_cli_refuses_what_dask_does_not_do(model_file, tmp_path):
     assert result.exit_code == 2 and "-o FOLDER" in result.stderr
     result = invoke("score", model_file, data, "--scheduler", "tcp://localhost:1")
     assert result.exit_code == 2 and "--scheduler applies with --dask" in result.stderr
+
+
+def test_cli_names_the_extra_when_dask_is_missing(model_file, tmp_path, monkeypatch):
+    import sys
+
+    data = tmp_path / "d.parquet"
+    draw_rows(5, seed=0).to_parquet(data)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    result = invoke("score", model_file, data, "--dask", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "pip install 'anomvae[dask]'" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_cli_without_a_scheduler_starts_a_local_cluster_and_matches_csv_scoring(model_file, rows, tmp_path):
+    data = tmp_path / "d.csv"
+    rows.drop(index=7).to_csv(data, index=False)
+    output = tmp_path / "out"
+    result = invoke("score", model_file, data, "--dask", "--id-column", "key", "-o", output)
+    plain = invoke("score", model_file, data, "--id-column", "key")
+    assert result.exit_code == plain.exit_code == 0, result.output
+    assert result.stderr == plain.stderr
+    expected = pd.read_csv(io.StringIO(plain.stdout))
+    written = pd.read_parquet(output)
+    assert list(written.columns) == ["key", "anomaly_score", "is_anomaly", "status"]
+    assert list(written["key"]) == list(expected["key"])
+    np.testing.assert_array_equal(written["anomaly_score"], expected["anomaly_score"])

@@ -3,7 +3,7 @@ into a folder of Parquet files (the work is :func:`anomvae.dask.score_to_parquet
 
 import click
 
-from .app import EXIT_ANOMALIES, model_kind
+from .app import EXIT_ANOMALIES, InputError, model_kind
 
 # Options of ``score`` that --dask does not take: what they change is the
 # single output stream, or per-row work on this machine.
@@ -27,6 +27,10 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     from ..persistence import read_metadata
     from .score import _report
 
+    try:
+        anomdask.require()
+    except ImportError as exc:
+        raise InputError(f"--dask needs the dask extra: {exc}") from None
     metadata = read_metadata(model)
     if model_kind(metadata) == "images":
         raise click.UsageError(f"{model} is an image model; --dask scores tables (Parquet or CSV)")
