@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import threading
+import uuid
 import warnings
 
 import numpy as np
@@ -166,7 +167,7 @@ def score(model, ddf, *, threshold=None, id_columns=(), invalid_rows="mark"):
         import dask
 
         # One copy in the graph, shipped once to each worker, not once per task.
-        model = dask.delayed(model, name=f"anomvae-model-{id(model):x}-{os.getpid()}")
+        model = dask.delayed(model, name=f"anomvae-model-{uuid.uuid4().hex}")
     else:
         model = os.path.abspath(model)
     meta = _output_meta(ddf._meta, id_columns, calibrated)
@@ -283,7 +284,7 @@ def client(scheduler=None, *, n_workers=2):
         with Client(scheduler) as connected:
             yield connected
         return
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as connected:
         yield connected
 

@@ -192,3 +192,11 @@ def test_cli_without_a_scheduler_starts_a_local_cluster_and_matches_csv_scoring(
     assert list(written.columns) == ["key", "anomaly_score", "is_anomaly", "status"]
     assert list(written["key"]) == list(expected["key"])
     np.testing.assert_array_equal(written["anomaly_score"], expected["anomaly_score"])
+
+
+def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_text("x")
+    with pytest.raises(anomvae.errors.OutputError, match="already exists"):
+        anomdask.score_to_parquet(model_file, dd.from_pandas(rows, npartitions=2), str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == ["old.parquet"]
