@@ -12,6 +12,7 @@ partitioned.
 """
 
 import contextlib
+import glob
 import logging
 import os
 import threading
@@ -263,9 +264,15 @@ def fit(detector, ddf, *, columns=None, max_rows=100_000, random_state=None):
 
 def read(source, *, delimiter=",", decimal="."):
     """A Dask DataFrame of Parquet (``.parquet``/``.pq`` files, a folder or a
-    glob of them) or CSV files (anything else), read lazily."""
+    glob of them) or CSV files (anything else), read lazily. A URL
+    (``s3://...``) goes to Dask as it is; a local path or pattern that
+    names nothing is a :class:`~anomvae.errors.DataError`."""
     dd = _dask_dataframe()
     text = str(source)
+    if text == "-":
+        raise DataError("Dask reads files its workers can open, not standard input")
+    if "://" not in text and not glob.glob(text):
+        raise DataError(f"{text}: no such file or folder, and no file matches it")
     if text.rstrip("/").lower().endswith((".parquet", ".pq")) or os.path.isdir(text):
         return dd.read_parquet(text)
     return dd.read_csv(text, sep=delimiter, decimal=decimal)

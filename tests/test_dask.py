@@ -200,3 +200,9 @@ def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):
     with pytest.raises(anomvae.errors.OutputError, match="already exists"):
         anomdask.score_to_parquet(model_file, dd.from_pandas(rows, npartitions=2), str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == ["old.parquet"]
+
+
+def test_cli_names_data_that_is_not_there(model_file, tmp_path):
+    result = invoke("score", model_file, str(tmp_path / "none" / "*.parquet"), "--dask", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "no file matches it" in result.stderr and not (tmp_path / "out").exists()
