@@ -22,6 +22,7 @@ LAYERS = [
     {"training", "fitted"},
     {"detector", "results", "explain", "metrics", "prometheus"},
     {"scoring", "persistence"},
+    {"dask"},
     {"cli"},
     {"__main__"},
 ]

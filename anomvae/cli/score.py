@@ -49,13 +49,17 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
 @click.option("--metrics-file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Also write the run's Prometheus metrics (counts, threshold, max score, shift test, "
               "duration, last success time) here, for node_exporter's textfile collector (a .prom file).")
+@click.option("--dask", "use_dask", is_flag=True, help="Score on a Dask cluster: DATA is Parquet (a file, folder "
+              "or glob) or CSV file(s), -o a new folder of Parquet files. Needs pip install 'anomvae[dask]'.")
+@click.option("--scheduler", metavar="ADDRESS", help="With --dask: the scheduler to use (tcp://host:8786) "
+              "[default: a local cluster of 2 worker processes].")
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @click.pass_context
 @input_errors
 def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anomaly, id_column,
           chunk_size, delimiter, decimal, invalid_rows, heatmaps, heatmap_scale, explain_top, summary_json,
-          summary_top, metrics_file, quiet):
+          summary_top, metrics_file, use_dask, scheduler, quiet):
     """Score every row of DATA (a CSV file, - for stdin; or Parquet: a
     .parquet file, or a folder or glob of them) with MODEL, or every image
     of DATA (a folder, glob, image files, .npy/.npz) with an image MODEL.
@@ -65,7 +69,19 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     (calibrated models only) and 'is_anomaly' for each row. CSV
     columns are matched by name: order does not matter and extra columns are
     ignored. Images are resized to the model's size.
+
+    With --dask, DATA's partitions are scored on a Dask cluster and written
+    to the folder -o, one Parquet file per partition (see docs/scale.md).
     """
+    if scheduler and not use_dask:
+        raise click.UsageError("--scheduler applies with --dask")
+    if use_dask:
+        from .score_dask import score_with_dask
+
+        check_dialect(delimiter, decimal)
+        return score_with_dask(ctx, model, data, output, scheduler=scheduler, threshold=threshold,
+                               id_column=id_column, invalid_rows=invalid_rows, delimiter=delimiter, decimal=decimal,
+                               summary_top=summary_top, fail_on_anomaly=fail_on_anomaly, quiet=quiet)
     started = time.monotonic()
     from ..files import atomic_write, check_outputs, storage_errors
     from ..parquet import is_parquet_source

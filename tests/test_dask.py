@@ -1,0 +1,208 @@
+"""anomvae.dask on a 2-worker LocalCluster (processes, one thread each)."""
+
+import io
+import os
+import re
+import signal
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FEATURES, draw_rows, invoke
+from sklearn.exceptions import ConvergenceWarning
+
+pytest.importorskip("dask.dataframe")
+pytest.importorskip("distributed")
+pytest.importorskip("pyarrow")
+
+import dask.dataframe as dd  # noqa: E402
+
+import anomvae  # noqa: E402
+from anomvae import dask as anomdask  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with anomdask.client() as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def model_file(detector, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dask") / "model.anomvae"
+    anomvae.save(detector, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    frame = draw_rows(600, seed=5)
+    frame.iloc[7, 2] = np.nan
+    frame.iloc[500] *= 40  # a planted anomaly
+    frame.insert(0, "key", [f"k{i:04d}" for i in range(len(frame))])
+    return frame
+
+
+def expected_scores(model, frame):
+    scores = np.full(len(frame), np.nan)
+    valid = frame[FEATURES].notna().all(axis=1).to_numpy()
+    scores[valid] = -model.score_samples(frame.loc[valid, FEATURES])
+    return scores
+
+
+@pytest.mark.parametrize("npartitions", [1, 7])
+def test_scores_are_the_in_memory_bits_in_any_partitioning(client, model_file, detector, rows, npartitions):
+    result = anomdask.score(model_file, dd.from_pandas(rows, npartitions=npartitions), id_columns=["key"]).compute()
+    assert list(result.columns) == ["key", "anomaly_score", "is_anomaly", "status"]
+    assert result.index.equals(rows.index) and (result["key"] == rows["key"]).all()
+    np.testing.assert_array_equal(result["anomaly_score"].to_numpy(), expected_scores(detector, rows))
+    assert result.loc[7, "status"] == "not scored: empty or NaN value in column 'c'"
+    assert pd.isna(result.loc[7, "is_anomaly"]) and result.loc[500, "is_anomaly"]
+    assert (result.drop(index=7)["status"] == "scored").all()
+
+
+def test_a_fitted_model_and_a_calibrated_one_give_p_values(client, detector, rows):
+    calibrated = anomvae.load(_saved(detector))
+    calibrated.calibrate(draw_rows(200, seed=9), fpr=0.05)
+    result = anomdask.score(calibrated, dd.from_pandas(rows, npartitions=3)).compute()
+    valid = rows[FEATURES].notna().all(axis=1)
+    np.testing.assert_array_equal(result.loc[valid, "p_value"], calibrated.p_values(rows.loc[valid, FEATURES]))
+    assert np.isnan(result.loc[7, "p_value"])
+    assert (result.loc[valid, "is_anomaly"] == (result.loc[valid, "anomaly_score"] > calibrated.threshold_)).all()
+
+
+def _saved(detector):
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "m.anomvae")
+    anomvae.save(detector, path)
+    return path
+
+
+def test_invalid_rows_error_names_the_partition(client, model_file, rows):
+    scored = anomdask.score(model_file, dd.from_pandas(rows, npartitions=3), invalid_rows="error")
+    with pytest.raises(anomvae.errors.DataError, match=r"partition 0: 1 row\(s\) cannot be scored, index 7"):
+        scored.compute()
+
+
+def test_missing_and_text_columns_are_refused_before_computing(model_file, rows):
+    with pytest.raises(anomvae.errors.DataError, match="lacks the column.*'e'"):
+        anomdask.score(model_file, dd.from_pandas(rows.drop(columns="e"), npartitions=2))
+    with pytest.raises(anomvae.errors.DataError, match="column 'a' holds"):
+        anomdask.score(model_file, dd.from_pandas(rows.astype({"a": str}), npartitions=2))
+
+
+def _kill_once(frame, marker):
+    """Kill this worker process the first time any partition gets here."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return frame
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_job_is_retried_and_the_output_is_complete(client, model_file, detector, rows,
+                                                                     tmp_path):
+    marker = str(tmp_path / "killed")
+    ddf = dd.from_pandas(rows, npartitions=4).map_partitions(_kill_once, marker, meta=rows.iloc[:0])
+    output = tmp_path / "out"
+    summary = anomdask.score_to_parquet(model_file, ddf, str(output), id_columns=["key"], invalid_rows="mark")
+    assert os.path.exists(marker)
+    written = pd.read_parquet(output).sort_values("key").reset_index(drop=True)
+    assert sorted(os.listdir(output)) == [f"part.{i}.parquet" for i in range(4)]
+    assert (written["key"] == rows["key"]).all()
+    np.testing.assert_array_equal(written["anomaly_score"].to_numpy(), expected_scores(detector, rows))
+    assert (summary.rows, summary.rows_scored, summary.rows_not_scored) == (600, 599, 1)
+    assert summary.top_anomalies[0]["key"] == "k0500"
+
+
+def test_score_to_parquet_leaves_nothing_on_failure(client, model_file, rows, tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(anomvae.errors.DataError, match="cannot be scored"):
+        anomdask.score_to_parquet(model_file, dd.from_pandas(rows, npartitions=3), str(output))
+    assert not output.exists()
+
+
+def test_fit_trains_on_a_sample_and_says_so(rows):
+    ddf = dd.from_pandas(rows[FEATURES].dropna(), npartitions=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match=r"random sample of 200 of the 599 rows"):
+            fitted = anomdask.fit(anomvae.VAEAnomalyDetector(max_epochs=2, random_state=0), ddf, max_rows=200,
+                                  random_state=0)
+    assert fitted.n_features_in_ == 5 and list(fitted.feature_names_in_) == FEATURES
+    assert len(fitted.history_.train_loss) == 2
+
+
+def test_cli_scores_parquet_into_a_folder(client, model_file, detector, rows, tmp_path):
+    data = tmp_path / "data"
+    dd.from_pandas(rows.drop(index=7), npartitions=3).to_parquet(data)
+    output = tmp_path / "results"
+    result = invoke("score", model_file, str(data / "*.parquet"), "--dask", "--scheduler",
+                    client.scheduler.address, "-o", output, "--fail-on-anomaly")
+    assert result.exit_code == 1, result.output
+    assert re.search(r"\*\.parquet: 599 rows, [1-9]\d* anomalies \(threshold \d+\.\d{4} nats\)\n$", result.stderr)
+    written = pd.read_parquet(output)
+    assert list(written["row"]) == list(range(1, 600))
+    np.testing.assert_array_equal(written["anomaly_score"], expected_scores(detector, rows.drop(index=7)))
+
+
+def test_cli_leaves_no_folder_after_an_error(client, model_file, rows, tmp_path):
+    data = tmp_path / "data.parquet"
+    rows.to_parquet(data)
+    output = tmp_path / "results"
+    result = invoke("score", model_file, data, "--dask", "--scheduler", client.scheduler.address, "-o", output)
+    assert result.exit_code == 2, result.output
+    assert "cannot be scored" in result.stderr and not output.exists()
+
+
+def test_cli_refuses_what_dask_does_not_do(model_file, tmp_path):
+    data = tmp_path / "d.parquet"
+    draw_rows(5, seed=0).to_parquet(data)
+    result = invoke("score", model_file, data, "--dask", "--only-anomalies", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "--only-anomalies cannot be used with --dask" in result.stderr
+    result = invoke("score", model_file, data, "--dask")
+    assert result.exit_code == 2 and "-o FOLDER" in result.stderr
+    result = invoke("score", model_file, data, "--scheduler", "tcp://localhost:1")
+    assert result.exit_code == 2 and "--scheduler applies with --dask" in result.stderr
+
+
+def test_cli_names_the_extra_when_dask_is_missing(model_file, tmp_path, monkeypatch):
+    import sys
+
+    data = tmp_path / "d.parquet"
+    draw_rows(5, seed=0).to_parquet(data)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    result = invoke("score", model_file, data, "--dask", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "pip install 'anomvae[dask]'" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_cli_without_a_scheduler_starts_a_local_cluster_and_matches_csv_scoring(model_file, rows, tmp_path):
+    data = tmp_path / "d.csv"
+    rows.drop(index=7).to_csv(data, index=False)
+    output = tmp_path / "out"
+    result = invoke("score", model_file, data, "--dask", "--id-column", "key", "-o", output)
+    plain = invoke("score", model_file, data, "--id-column", "key")
+    assert result.exit_code == plain.exit_code == 0, result.output
+    assert result.stderr == plain.stderr
+    expected = pd.read_csv(io.StringIO(plain.stdout))
+    written = pd.read_parquet(output)
+    assert list(written.columns) == ["key", "anomaly_score", "is_anomaly", "status"]
+    assert list(written["key"]) == list(expected["key"])
+    np.testing.assert_array_equal(written["anomaly_score"], expected["anomaly_score"])
+
+
+def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_text("x")
+    with pytest.raises(anomvae.errors.OutputError, match="already exists"):
+        anomdask.score_to_parquet(model_file, dd.from_pandas(rows, npartitions=2), str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == ["old.parquet"]
+
+
+def test_cli_names_data_that_is_not_there(model_file, tmp_path):
+    result = invoke("score", model_file, str(tmp_path / "none" / "*.parquet"), "--dask", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "no file matches it" in result.stderr and not (tmp_path / "out").exists()
