@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import parquet
 from .errors import DataError, quote
@@ -72,35 +74,85 @@ def _quote(text):
     return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
 
 
-def _csv_cells(values):
-    """One column as CSV text cells: floats at full precision, missing as empty."""
-    if values.dtype.kind == "f":
-        missing = np.isnan(values)
-        cells = [repr(v) for v in values.tolist()]
-        for i in np.flatnonzero(missing):
-            cells[i] = ""
+# Python's repr of a float and Arrow's cast to string both give the shortest
+# digits that round-trip, but lay them out differently: repr writes ".0" on
+# whole numbers and an exponent below 1e-4 or from 1e16; Arrow writes no
+# ".0", and an exponent below 1e-6 or, where it is shorter, from 1e10. In
+# between, for numbers that are not whole, the two agree (tests/test_results_csv.py
+# checks every magnitude digit by digit).
+_ARROW_LOW, _ARROW_HIGH = 1e-4, 1e10
+
+
+def _float_cells(values):
+    """A float column as Arrow strings spelled as ``repr`` spells them;
+    missing (NaN) as null. float32 values are written as the float64
+    numbers they are, as ``tolist`` gives them to ``repr``."""
+    values = np.asarray(values, dtype=np.float64)
+    cells = pc.cast(pa.array(values, from_pandas=True), pa.string())
+    magnitude = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        outside = (magnitude < _ARROW_LOW) | (magnitude >= _ARROW_HIGH)
+        odd = np.isfinite(values) & (outside | (values == np.floor(values)))
+    if not odd.any():
         return cells
-    if values.dtype.kind in "iub":
-        return values.astype(str).tolist()
-    cells = ["" if v is None or v != v else str(v) for v in values.tolist()]
-    # Columns such as is_anomaly hold a few distinct values: check those
-    # for characters that need quoting instead of every cell.
-    if any(_NEEDS_QUOTES.search(text) for text in set(cells)):
-        cells = [_quote(text) for text in cells]
-    return cells
+    # Whole, tiny and huge numbers (few, among real scores): repr each one
+    # and put it in place.
+    where = np.flatnonzero(odd)
+    fixed = pa.array([repr(v) for v in values[where].tolist()], pa.string())
+    return pc.replace_with_mask(cells, pa.array(odd), fixed)
+
+
+def _text_cells(values):
+    """A text column as Arrow strings, quoted where CSV needs it; missing
+    (None, NaN) as null. Values that are not strings are written as
+    ``str`` spells them."""
+    try:
+        cells = pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        cells = pa.array(["" if v is None or v != v else str(v) for v in values.tolist()], pa.string())
+    needs = pc.match_substring_regex(cells, r'[,"\r\n]')
+    if not pc.any(needs).as_py():
+        return cells
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(cells, '"', '""'), '"', "")
+    return pc.if_else(needs, quoted, cells)
+
+
+def _csv_cells(values):
+    """One column as Arrow strings holding its CSV text: floats at full
+    precision (``repr``), missing as null."""
+    kind = values.dtype.kind
+    if kind == "f":
+        return _float_cells(values)
+    if kind == "b":
+        return pa.array(np.where(values, "True", "False"), pa.string())
+    if kind in "iu":
+        return pc.cast(pa.array(values), pa.string())
+    return _text_cells(values)
+
+
+def _csv_text(frame):
+    """The rows of ``frame`` as CSV text, one line each ending in a newline,
+    joined by Arrow's compiled string kernels (``DataFrame.to_csv`` and
+    ``pyarrow.csv.write_csv`` quote differently)."""
+    # 64-bit offsets: a frame's text may pass 2 GiB.
+    columns = [_csv_cells(frame[c].to_numpy()).cast(pa.large_string()) for c in frame.columns]
+    # Null cells (missing values) join as empty strings.
+    comma, newline, empty = (pa.scalar(text, pa.large_string()) for text in (",", "\n", ""))
+    lines = pc.binary_join_element_wise(*columns, comma, null_handling="replace", null_replacement="")
+    lines = pc.binary_join_element_wise(lines, newline, empty)
+    # The lines lie end to end in the array's data buffer.
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=8 * lines.offset)
+    return str(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]], "utf-8")
 
 
 def write_frame(frame, stream, fmt, header):
     """Write ``frame`` to ``stream`` as CSV (with its header when
     ``header``) or as JSON lines."""
     if fmt == "csv":
-        # Formatting the few output columns by hand is several times faster
-        # than DataFrame.to_csv, which matters when scoring millions of rows.
         if header:
             stream.write(",".join(_quote(str(c)) for c in frame.columns) + "\n")
         if len(frame):
-            columns = [_csv_cells(frame[c].to_numpy()) for c in frame.columns]
-            stream.write("\n".join(map(",".join, zip(*columns))) + "\n")
+            stream.write(_csv_text(frame))
     elif len(frame):
         infinite = [c for c in frame.columns if frame[c].dtype.kind == "f" and np.isinf(frame[c].to_numpy()).any()]
         if infinite:

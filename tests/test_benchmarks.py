@@ -87,6 +87,14 @@ def test_speed_benchmark_runs():
     assert cli["anomvae score"]["wall_s"] > 0 and cli["read_csv"]["rss_mb"] > 0
     assert cli["read and write only"]["wall_s"] > 0
     assert cli["import torch"]["cpu_s"] > 0 and cli["network in memory"]["cpu_s"] > 0 and cli["cores"] >= 1
+    assert cli[f"anomvae score --threads {speed.THREADS}"]["wall_s"] > 0 and len(cli["load"]) == 2
+
+
+def test_speed_benchmark_cli_part_alone(capsys):
+    pyod_rows, bound, cli = speed.main(["--quick", "--cli-only"])
+    assert pyod_rows is None and bound is None and cli["anomvae score"]["rss_mb"] > 0
+    out = capsys.readouterr().out
+    assert "target at most 4x" in out and "target under 400 MB" in out and "PyOD" not in out
 
 
 def test_stopping_replay_matches_a_fit_that_stops_early():

@@ -240,13 +240,13 @@ def test_threads_reach_torch_before_the_work(model, tmp_path, monkeypatch, torch
         return real(*a, **k)
 
     monkeypatch.setattr(target, recording)
-    wanted = 3 if torch_threads != 3 else 2
+    wanted = 3
     result = invoke(*args(model, tmp_path), "--threads", wanted)
     assert result.exit_code == 0, result.output
-    torch.set_num_threads(torch_threads)
-    default = invoke(*args(model, tmp_path))  # without --threads torch keeps its own
+    torch.set_num_threads(wanted)
+    default = invoke(*args(model, tmp_path))  # without --threads: one thread, whatever torch had
     assert default.exit_code == 0, default.output
-    assert seen == [wanted, torch_threads]
+    assert seen == [wanted, 1]
 
 
 @pytest.mark.parametrize("command", list(THREADED))
@@ -254,3 +254,13 @@ def test_threads_reach_torch_before_the_work(model, tmp_path, monkeypatch, torch
 def test_a_bad_thread_count_is_a_usage_error(model, tmp_path, command, value):
     result = invoke(*THREADED[command][1](model, tmp_path), "--threads", value)
     assert result.exit_code == 2 and "Invalid value for '--threads'" in result.stderr, result.output
+
+
+def test_the_thread_count_leaves_the_scores_alone(model, tmp_path, torch_threads):
+    outputs = []
+    for threads in ([], ["--threads", "2"], ["--threads", "1"]):
+        path = tmp_path / f"s{len(outputs)}.csv"
+        result = invoke("score", model, NEW, "-o", path, "-q", *threads)
+        assert result.exit_code == 0, result.output
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
