@@ -1,7 +1,8 @@
 """Reading Parquet data (a file, a folder or a glob of files) in batches.
 
-pyarrow is an optional dependency (``pip install 'anomvae[parquet]'``),
-imported only when a Parquet source is read or written. Never touches torch.
+pyarrow (a dependency of anomvae; the ``parquet`` extra is kept for
+installs that named it) is imported only when a Parquet source is read or
+written. Never touches torch.
 
 The files of a source are read one after another, in a stable order (see
 :func:`list_files`), each by record batches of at most ``chunk_size`` rows,
