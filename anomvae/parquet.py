@@ -26,6 +26,7 @@ from .errors import DataError, quote
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 _GLOB_CHARS = "*?["
 INSTALL_HINT = "pip install 'anomvae[parquet]'"
+_READ_BUFFER = 1 << 16  # bytes per read of a column chunk (see _open)
 
 
 def pyarrow_parquet():
@@ -96,7 +97,11 @@ def list_files(source):
 def _open(path):
     pq = pyarrow_parquet()
     try:
-        return pq.ParquetFile(path)
+        # Streamed, not buffered: pyarrow's defaults read whole column chunks
+        # ahead (pre_buffer) and decode a row group at once, which on a local
+        # 1M x 20 file written as one row group took about 230 MB more peak
+        # memory than 64 KiB page reads (about 80 MB), for no speed gain.
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"{path}: cannot be read as Parquet ({exc})") from None
 

@@ -250,6 +250,35 @@ def test_threads_reach_torch_before_the_work(model, tmp_path, monkeypatch, torch
 
 
 @pytest.mark.parametrize("command", list(THREADED))
+def test_commands_keep_freed_memory_before_the_work(model, tmp_path, monkeypatch, command):
+    import ctypes
+
+    target, args = THREADED[command]
+    real, events = pydoc.locate(target), []
+
+    class Libc:
+        def mallopt(self, parameter, value):
+            events.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(target, lambda *a, **k: events.append("work") or real(*a, **k))
+    result = invoke(*args(model, tmp_path))
+    assert result.exit_code == 0, result.output
+    # glibc's M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1), set before any work
+    assert events[:3] == [(-3, 32 << 20), (-1, 256 << 20), "work"]
+
+
+def test_no_mallopt_is_no_error(monkeypatch):
+    import ctypes
+
+    from anomvae.cli.options import keep_freed_memory
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a C library without mallopt
+    keep_freed_memory()
+
+
+@pytest.mark.parametrize("command", list(THREADED))
 @pytest.mark.parametrize("value", ["0", "-1", "two", ""])
 def test_a_bad_thread_count_is_a_usage_error(model, tmp_path, command, value):
     result = invoke(*THREADED[command][1](model, tmp_path), "--threads", value)

@@ -101,3 +101,20 @@ def test_a_far_out_row_left_out_of_the_loss_leaves_gradients_finite():
     with torch.no_grad():
         vae.encoder.logvar.weight.fill_(-1.0)
     assert vae.encode(x)[1][2].max() < -200  # not clipped from below
+
+
+def test_silu_overwrites_its_input_only_when_no_gradient_is_recorded():
+    from anomvae.model import _SiLU
+
+    x = torch.linspace(-4, 4, 9)
+    expected = torch.nn.functional.silu(x)
+    with torch.no_grad():
+        kept = x.clone()
+        out = _SiLU()(kept)
+    assert torch.equal(out, expected) and out.data_ptr() == kept.data_ptr()
+    leaf = x.clone().requires_grad_()
+    y = leaf * 1.0
+    out = _SiLU()(y)
+    assert torch.equal(out, expected) and torch.equal(y, x) and out.data_ptr() != y.data_ptr()
+    out.sum().backward()  # the input SiLU's gradient needs is intact
+    torch.testing.assert_close(leaf.grad, torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))))

@@ -77,6 +77,21 @@ def test_streams_by_batches_that_never_span_files(tmp_path):
     assert whole["x"].dtype == np.float64 and whole["id"].dtype == pd.ArrowDtype(pa.int64())
 
 
+def test_a_large_row_group_is_not_buffered_ahead(tmp_path):
+    """A file written as one row group (pyarrow's default up to a million
+    rows) is read page by page: Arrow then holds about the decoded group,
+    where its defaults (pre-buffering whole column chunks) held twice that."""
+    rows, columns = 300_000, [f"x{i}" for i in range(10)]
+    values = np.random.default_rng(0).normal(size=(rows, len(columns)))
+    pq.write_table(pa.table(dict(zip(columns, values.T))), tmp_path / "one.parquet", row_group_size=rows)
+    decoded, peak, seen = values.nbytes, 0, 0
+    for frame in parquet.iter_parquet(tmp_path / "one.parquet", columns=columns, chunk_size=10_000):
+        peak = max(peak, pa.total_allocated_bytes())
+        seen += len(frame)
+    assert seen == rows
+    assert peak < 1.5 * decoded, f"{peak / 1e6:.0f} MB held for a {decoded / 1e6:.0f} MB row group"
+
+
 def test_rows_named_by_file_and_row_index(tmp_path):
     pd.DataFrame({"a": [1.0] * 3}).to_parquet(tmp_path / "0.parquet")
     pd.DataFrame({"a": [1.0] * 4}).to_parquet(tmp_path / "1.parquet")
