@@ -272,10 +272,10 @@ def test_commands_keep_freed_memory_before_the_work(model, tmp_path, monkeypatch
 def test_no_mallopt_is_no_error(monkeypatch):
     import ctypes
 
-    from anomvae.cli.options import keep_freed_memory
+    from anomvae.allocator import keep_freed_memory
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a C library without mallopt
-    keep_freed_memory()
+    assert keep_freed_memory() is False
 
 
 @pytest.mark.parametrize("command", list(THREADED))

@@ -117,6 +117,36 @@ def test_a_worker_killed_mid_job_is_retried_and_the_output_is_complete(client, m
     assert summary.top_anomalies[0]["key"] == "k0500"
 
 
+def _undo_worker_set_up():
+    import torch
+
+    anomdask._WORKER_READY = False
+    torch.set_num_threads(2)
+    calls = anomdask._ALLOCATOR_CALLS = []
+    anomdask.keep_freed_memory = lambda trim_above: calls.append(trim_above) or True
+
+
+def _worker_state():
+    import torch
+
+    from anomvae.allocator import keep_freed_memory
+
+    anomdask.keep_freed_memory = keep_freed_memory
+    return torch.get_num_threads(), anomdask._ALLOCATOR_CALLS
+
+
+def test_workers_compute_on_one_thread_and_keep_freed_memory(client, model_file, rows):
+    client.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test may still be restarting
+    client.run(_undo_worker_set_up)
+    anomdask.score(model_file, dd.from_pandas(rows, npartitions=8)).compute()
+    states = list(client.run(_worker_state).values())
+    # Each worker that scored pinned torch to one thread and set up its
+    # allocator once, however many partitions it computed.
+    scored = [threads for threads, calls in states if calls == [anomdask.WORKER_TRIM_ABOVE]]
+    assert scored and all(threads == 1 for threads in scored)
+    assert all(calls in ([], [anomdask.WORKER_TRIM_ABOVE]) for _, calls in states)
+
+
 def test_score_to_parquet_leaves_nothing_on_failure(client, model_file, rows, tmp_path):
     output = tmp_path / "out"
     with pytest.raises(anomvae.errors.DataError, match="cannot be scored"):

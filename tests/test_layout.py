@@ -15,7 +15,7 @@ PACKAGE = ROOT / "anomvae"
 # functions included): readers and preprocessing at the bottom, the
 # command line at the top.
 LAYERS = [
-    {"errors", "version"},
+    {"errors", "version", "allocator"},
     {"preprocessing", "history", "config", "elbo", "latent", "parquet"},
     {"tables", "images", "calibration", "schema", "files"},
     {"model"},

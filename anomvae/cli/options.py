@@ -104,38 +104,11 @@ def estimator_params(values):
     return params
 
 
-# glibc's mallopt parameters (malloc.h) and the values anomvae's commands set.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_BELOW = 32 << 20  # blocks under this come from the heap (glibc's maximum)
-_TRIM_ABOVE = 256 << 20  # freed heap is handed back once this much is free
-
-
-def keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse in this process.
-
-    Scoring allocates and frees megabyte-sized activation tensors for every
-    chunk of rows. Under glibc's defaults many of these are mapped from the
-    kernel and unmapped again, and the kernel zeroes each new page: on a
-    1M-row ``score`` that was 1.7 of 8.6 seconds of system time, against 0.3
-    with these settings, for the same scores and peak memory within 2%. A
-    command owns its process, so it sets this; the library does not. Does
-    nothing where the C library has no ``mallopt`` (not glibc).
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)
-    mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE)
-
-
 def threads_option(command):
     """Add ``--threads N`` to ``command``: torch's intra-op threads
     (``torch.set_num_threads``), set before the command does any work;
     one unless the option says otherwise. The command's process also
-    keeps freed memory for reuse (:func:`keep_freed_memory`).
+    keeps freed memory for reuse (:func:`anomvae.allocator.keep_freed_memory`).
 
     .. versionchanged:: 0.5
        One thread by default, instead of torch's one per core.
@@ -144,6 +117,8 @@ def threads_option(command):
     @functools.wraps(command)
     def with_threads(*args, threads, **kwargs):
         import torch
+
+        from ..allocator import keep_freed_memory
 
         torch.set_num_threads(threads)
         keep_freed_memory()
