@@ -69,7 +69,7 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
     -------
     Findings or None
         What the report shows of the batch (``summary`` is what ``score
-        --summary-json`` reports), None without ``data``.
+        --summary-json --summary-top TOP`` reports), None without ``data``.
     """
     plots.require()
     if isinstance(model, str) or hasattr(model, "__fspath__"):
@@ -86,7 +86,8 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
     if data is not None:
         findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
                           explain_top=explain_top, id_columns=ids if not images else (), chunk_size=chunk_size,
-                          delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark")
+                          delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
+                          summary_top=top)
     text = render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold)
     from ..files import atomic_write
 

@@ -71,21 +71,29 @@ class ScoreHistogram:
         scores = scores[finite]
         if not scores.size:
             return
-        low, high = math.floor(scores.min() / self.width), math.floor(scores.max() / self.width)
-        while low < self.first or high >= self.first + self.n_bins:
-            self._coarsen()
+        while True:
             low, high = math.floor(scores.min() / self.width), math.floor(scores.max() / self.width)
+            if low < self.first:
+                self._coarsen(downward=True)
+            elif high >= self.first + self.n_bins:
+                self._coarsen(downward=False)
+            else:
+                break
         bins = np.floor(scores / self.width).astype(np.int64) - self.first
         self.counts[name] += np.bincount(np.clip(bins, 0, self.n_bins - 1), minlength=self.n_bins)
 
-    def _coarsen(self):
-        """Double the width: bin ``k`` moves into ``(k + first % 2) // 2``."""
-        shift = self.first % 2
+    def _coarsen(self, downward):
+        """Double the width, keeping every bin's scores together: bin ``k``
+        moves into ``(k + first % 2) // 2 + offset``. The old bins fill
+        about half of the new ones: the lower half, or the upper half when
+        the range must grow ``downward`` (``offset`` is then ``n_bins // 2 - 1``,
+        the most that keeps the last old bin inside)."""
+        shift, offset = self.first % 2, self.n_bins // 2 - 1 if downward else 0
         for name, counts in self.counts.items():
             merged = np.zeros(self.n_bins, dtype=np.int64)
-            np.add.at(merged, (np.arange(self.n_bins) + shift) // 2, counts)
+            np.add.at(merged, (np.arange(self.n_bins) + shift) // 2 + offset, counts)
             self.counts[name] = merged
-        self.first, self.width = (self.first - shift) // 2, self.width * 2
+        self.first, self.width = (self.first - shift) // 2 - offset, self.width * 2
 
     @property
     def edges(self):
