@@ -156,8 +156,9 @@ def top_section(findings, threshold):
                     f'<td class="num">{number(row["p_value"], 3)}</td>{flag}{why}</tr>')
     return (f'<section id="top">\n<h2>The {len(rows)} highest-scoring {findings.what}</h2>\n'
             f'<table id="top-table"><tr>{head}</tr>\n' + "\n".join(body) + "</table>\n"
-            f'<p class="note">Flagged: score above the threshold ({number(threshold)} nats). '
-            "A feature's contribution is its share of the score, in nats.</p>\n</section>")
+            f'<p class="note">Flagged: score above the threshold ({number(threshold)} nats).'
+            + (" A feature's contribution is its share of the score, in nats." if explained else "")
+            + "</p>\n</section>")
 
 
 def _id_text(value):
