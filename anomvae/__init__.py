@@ -1,12 +1,13 @@
 """anomvae: anomaly detection with variational autoencoders.
 
-The estimator is imported lazily so that ``import anomvae`` (and the
-``anomvae`` command's ``--help``) does not pay for importing torch.
+The estimator and :func:`report` are imported lazily so that ``import
+anomvae`` (and the ``anomvae`` command's ``--help``) does not pay for
+importing torch or matplotlib.
 """
 
 from .version import __version__
 
-__all__ = ["VAEAnomalyDetector", "load", "save", "__version__"]
+__all__ = ["VAEAnomalyDetector", "load", "report", "save", "__version__"]
 
 
 def __getattr__(name):
@@ -18,4 +19,10 @@ def __getattr__(name):
         from . import persistence
 
         return getattr(persistence, name)
+    if name == "report":
+        # The module is anomvae.reporting, so that importing it cannot
+        # replace this function with a module of the same name.
+        from .reporting import report
+
+        return report
     raise AttributeError(f"module 'anomvae' has no attribute {name!r}")

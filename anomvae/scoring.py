@@ -33,7 +33,7 @@ def feature_names(model):
 
 def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", chunk_size=10_000,
               delimiter=",", decimal=".", mark_invalid=False, only_anomalies=False, explain_top=0,
-              summary_top=10, shift_test=True):
+              summary_top=10, shift_test=True, monitor=None):
     """Score a CSV file or Parquet data chunk by chunk and write one result row per input row.
 
     Parameters
@@ -82,6 +82,10 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
         Compare the batch's scores with the model's baseline (see
         :func:`anomvae.calibration.score_shift`); False skips the test, and
         the memory of one float per row it needs.
+    monitor : BatchMonitor, default=None
+        What follows the scored rows (p-values, top rows, shift test)
+        instead of a ``BatchMonitor(model, summary_top, shift_test)``: a
+        subclass sees each chunk's rows too (as :func:`anomvae.reporting.report` does).
 
     Returns
     -------
@@ -99,7 +103,7 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
     summary = _summary(model, threshold)
     writer = ResultWriter(stream, summary, fmt=fmt, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
     standardizer = model.standardizer_
-    monitor = _Monitor(model, summary_top, shift_test)
+    monitor = BatchMonitor(model, summary_top, shift_test) if monitor is None else monitor
     chunks = tables.iter_table(path, columns=features + id_columns, chunk_size=chunk_size, delimiter=delimiter,
                                decimal=decimal, text_columns=id_columns)
     names = tables.RowNames(path)
@@ -127,7 +131,7 @@ def score_csv(model, path, stream, *, id_columns=(), threshold=None, fmt="csv", 
             monitor.add(scores[valid], rows, lambda i: (
                 {c: json_value(chunk[c].iloc[positions[i]]) for c in id_columns} if id_columns
                 else {"row": int(rows[i])}
-            ))
+            ), X[valid])
     stream.flush()
     return monitor.finish(summary)
 
@@ -140,7 +144,7 @@ def _summary(model, threshold):
                           calibration_fpr=getattr(model, "calibration_fpr_", None))
 
 
-class _Monitor:
+class BatchMonitor:
     """What the CSV and image scorers add to the rows they write: p-values
     against the calibration scores, the summary's top rows, and the scores
     its shift test compares with the model's baseline."""
@@ -159,8 +163,10 @@ class _Monitor:
         p_values[valid] = conformal_p_values(self.reference, scores[valid])
         return {"p_value": p_values}
 
-    def add(self, scores, rows, identity):
-        """Offer the scored rows of a batch (see :meth:`TopScores.add`)."""
+    def add(self, scores, rows, identity, values=None):
+        """Offer the scored rows of a batch (see :meth:`TopScores.add`);
+        ``values`` holds their features (or pixels), for a subclass that
+        keeps some of them."""
         if len(scores):
             self.top.add(scores, rows, identity)
             if self.shift_test:
@@ -198,7 +204,8 @@ def _scores(model, X, features, invalid, reasons, rows, name, mark_invalid, name
 
 
 def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size=256, mark_invalid=False,
-                 only_anomalies=False, heatmaps=None, heatmap_scale="model", summary_top=10, shift_test=True):
+                 only_anomalies=False, heatmaps=None, heatmap_scale="model", summary_top=10, shift_test=True,
+                 monitor=None):
     """Score images batch by batch and write one result row per image.
 
     Parameters
@@ -235,6 +242,8 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
         How many of the highest-scoring images the summary lists, by path.
     shift_test : bool, default=True
         As for :func:`score_csv`.
+    monitor : BatchMonitor, default=None
+        As for :func:`score_csv`; it sees each batch's scored pixels.
 
     Returns
     -------
@@ -251,7 +260,7 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
         raise ValueError(f"heatmap_scale must be 'model' or 'image', got {heatmap_scale!r}")
     summary = _summary(model, threshold)
     writer = ResultWriter(stream, summary, fmt=fmt, mark_invalid=mark_invalid, only_anomalies=only_anomalies)
-    monitor = _Monitor(model, summary_top, shift_test)
+    monitor = BatchMonitor(model, summary_top, shift_test) if monitor is None else monitor
     scale = HeatScale.for_model(model) if heatmap_scale == "model" else None
     batches = images.iter_images(source, size=shape[1:], grayscale=shape[0] == 1, batch_size=batch_size,
                                  skip_unreadable=mark_invalid)
@@ -265,7 +274,7 @@ def score_images(model, source, stream, *, threshold=None, fmt="csv", batch_size
                                      before=monitor.p_values(scores, valid))
             scored = np.flatnonzero(valid)
             rows = summary.rows - len(paths) + scored + 1
-            monitor.add(scores[scored], rows, lambda i: {"path": paths[scored[i]]})
+            monitor.add(scores[scored], rows, lambda i: {"path": paths[scored[i]]}, pixels[scored])
             drawn = valid & (positions > 0)
             if staging is not None and drawn.any():
                 _draw_heatmaps(model, paths, pixels, scores, drawn, positions, scale, summary.threshold, staging,

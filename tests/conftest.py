@@ -5,7 +5,11 @@ each is trained once per run; cheap data fixtures are module-scoped. Test files 
 helpers and constants with ``from conftest import ...``.
 """
 
+import ast
+import base64
+import html.parser
 import io
+import json
 import subprocess
 import sys
 import warnings
@@ -310,3 +314,75 @@ def files(tmp_path_factory):
                     "-o", root / "calibrated.anomvae")
     assert result.exit_code == 0, result.output
     return root
+
+
+# ------------------------------------------------------------ reports
+
+
+class ReportPage(html.parser.HTMLParser):
+    """An HTML report walked with the standard library's parser: every
+    element's tag and attributes, the text of each element with an ``id``,
+    and whether the tags are balanced."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self, text):
+        super().__init__(convert_charrefs=True)
+        self.elements, self.texts, self.open, self.errors = [], {}, [], []
+        self.feed(text)
+        self.close()
+        assert not self.open, f"unclosed elements: {self.open}"
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.elements.append((tag, attrs))
+        if tag not in self.VOID:
+            self.open.append((tag, attrs.get("id")))
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1][0] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+    def handle_data(self, data):
+        for _, key in self.open:
+            if key:
+                self.texts[key] = self.texts.get(key, "") + data
+
+    def by_id(self, key):
+        found = [attrs for _, attrs in self.elements if attrs.get("id") == key]
+        assert len(found) == 1, (key, len(found))
+        return found[0]
+
+    def value(self, key):
+        """The number in the ``data-value`` of the element ``key`` (None when empty)."""
+        raw = self.by_id(key)["data-value"]
+        return None if raw == "" else ast.literal_eval(raw)
+
+    def images(self):
+        """Every <img>, decoded with Pillow (each must be a data: PNG)."""
+        decoded = []
+        for tag, attrs in self.elements:
+            if tag == "img":
+                prefix = "data:image/png;base64,"
+                assert attrs["src"].startswith(prefix), attrs["src"][:40]
+                picture = Image.open(io.BytesIO(base64.b64decode(attrs["src"][len(prefix):], validate=True)))
+                picture.load()
+                decoded.append(picture)
+        return decoded
+
+    def top_rows(self):
+        """(ids, anomaly score) of each row of the top table, in order."""
+        return [(json.loads(attrs["data-ids"]), float(attrs["data-score"]))
+                for tag, attrs in self.elements if tag == "tr" and attrs.get("class") == "top-row"]
+
+
+def assert_offline(text):
+    """No script, no URL to fetch: the page opens on an air-gapped host."""
+    page = ReportPage(text)
+    assert not [tag for tag, _ in page.elements if tag in ("script", "iframe", "object", "embed", "link")]
+    for tag, attrs in page.elements:
+        for name in ("src", "href"):
+            assert not attrs.get(name, "data:").lower().startswith(("http:", "https:", "//")), (tag, attrs)
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+    assert "http://" not in text and "https://" not in text
+    return page

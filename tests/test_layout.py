@@ -16,13 +16,13 @@ PACKAGE = ROOT / "anomvae"
 # command line at the top.
 LAYERS = [
     {"errors", "version", "allocator"},
-    {"preprocessing", "history", "config", "elbo", "latent", "parquet"},
+    {"preprocessing", "history", "config", "elbo", "latent", "parquet", "plots"},
     {"tables", "images", "calibration", "schema", "files"},
     {"model"},
     {"training", "fitted"},
     {"detector", "results", "explain", "metrics", "prometheus"},
     {"scoring", "persistence"},
-    {"dask"},
+    {"dask", "reporting"},
     {"cli"},
     {"__main__"},
 ]
