@@ -150,8 +150,9 @@ def _pair(model, row, scale, threshold):
     from ..explain import heatmap_image
 
     shape = model.image_shape_
-    heat = heatmap_image(row["pixels"], row["contributions"], shape, scale=scale, score=row["anomaly_score"],
-                         threshold=threshold, min_side=GRID_SIDE)
+    # No score line under the heatmap: at the grid's size it would be cut
+    # off, and the caption below the pair says it.
+    heat = heatmap_image(row["pixels"], row["contributions"], shape, scale=scale, min_side=GRID_SIDE)
     channels, height, width = shape
     factor = max(1, -(-GRID_SIDE // min(height, width)))
     pixels = (row["pixels"].reshape(shape).transpose(1, 2, 0) * 255 + 0.5).clip(0, 255).astype("uint8")
@@ -161,4 +162,6 @@ def _pair(model, row, scale, threshold):
     pair.paste(original, (0, 0))
     pair.paste(heat, (original.width + 6, 0))
     p_value = "" if row["p_value"] is None else f", p-value {row['p_value']:.3g}"
-    return html.pil_png(pair), f"{row['ids'].get('path', '')}: {row['anomaly_score']:.4g} nats{p_value}"
+    flag = "ANOMALY" if row["anomaly_score"] > threshold else "normal"
+    return html.pil_png(pair), (f"{flag}: {row['ids'].get('path', '')}: {row['anomaly_score']:.4g} nats "
+                                f"({'above' if flag == 'ANOMALY' else 'at or below'} {threshold:.4g}){p_value}")
