@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .allocator import keep_freed_memory
-from .calibration import conformal_p_values
+from .calibration import conformal_p_values, score_shift
 from .errors import DataError, OutputError, quote
 from .files import staged_folder
 from .persistence import load_for_scoring
@@ -310,10 +310,18 @@ def client(scheduler=None, *, n_workers=2):
         yield connected
 
 
-def score_to_parquet(model, ddf, output, *, threshold=None, id_columns=(), invalid_rows="error", summary_top=10):
+def score_to_parquet(model, ddf, output, *, threshold=None, id_columns=(), invalid_rows="error", summary_top=10,
+                     shift_test=False, before_commit=None):
     """Score ``ddf`` (see :func:`score`) into a new folder of Parquet files,
     one ``part.N.parquet`` per partition, and return the run's
-    :class:`~anomvae.results.ScoringSummary` (no shift test).
+    :class:`~anomvae.results.ScoringSummary`.
+
+    With ``shift_test``, the summary holds the shift test of the scores
+    against the model's calibration (else training) scores, as ``anomvae
+    score`` computes it: every partition sends its scores (8 bytes a row)
+    back to this process for it. ``before_commit(summary)`` is called once
+    every partition is written and before the files are moved into
+    ``output``: if it raises, nothing is left.
 
     Without ``id_columns`` a 1-based ``row`` column numbers the rows in
     partition order (which costs a pass over ``ddf`` to count them). The
@@ -343,11 +351,22 @@ def score_to_parquet(model, ddf, output, *, threshold=None, id_columns=(), inval
     import dask
 
     with staged_folder(output, "Parquet files") as staging:
-        tasks = [dask.delayed(_write_partition)(part, staging, i, summary.threshold, summary_top)
+        tasks = [dask.delayed(_write_partition)(part, staging, i, summary.threshold, summary_top, shift_test)
                  for i, part in enumerate(scored.to_delayed())]
-        stats = dask.compute(*tasks)
-    top, seen = TopScores(summary_top), 0
-    for rows, valid, anomalies, max_score, (scores, positions, identities) in stats:
+        scores = _add_up(summary, dask.compute(*tasks), summary_top)
+        if shift_test:
+            summary.score_shift = score_shift(scores, reference_scores=getattr(local, "reference_scores_", None),
+                                              training_scores=getattr(local, "training_scores_", None))
+        if before_commit is not None:
+            before_commit(summary)
+    return summary
+
+
+def _add_up(summary, stats, summary_top):
+    """Fill ``summary`` from the partitions' counts and top rows, in
+    partition order, and return the scores they sent, one array."""
+    top, seen, scores_sent = TopScores(summary_top), 0, []
+    for rows, valid, anomalies, max_score, (scores, positions, identities), all_scores in stats:
         summary.rows += rows
         summary.rows_scored += valid
         summary.rows_not_scored += rows - valid
@@ -356,8 +375,10 @@ def score_to_parquet(model, ddf, output, *, threshold=None, id_columns=(), inval
             summary.max_score = max_score if summary.max_score is None else max(summary.max_score, max_score)
         top.add(scores, seen + positions + 1, identities.__getitem__)
         seen += rows
+        if all_scores is not None:
+            scores_sent.append(all_scores)
     summary.top_anomalies = top.result()
-    return summary
+    return np.concatenate(scores_sent) if scores_sent else np.empty(0)
 
 
 def _number_rows(frame, offsets, partition_info=None):
@@ -365,10 +386,10 @@ def _number_rows(frame, offsets, partition_info=None):
     return frame.assign(row=np.arange(first + 1, first + 1 + len(frame), dtype=np.int64))
 
 
-def _write_partition(frame, folder, number, threshold, summary_top):
+def _write_partition(frame, folder, number, threshold, summary_top, send_scores=False):
     """Write one scored partition as ``part.NUMBER.parquet`` (complete or
-    not at all: a retried task writes it again) and return its counts and
-    top rows."""
+    not at all: a retried task writes it again) and return its counts, top
+    rows and (with ``send_scores``) the scores of its scored rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -383,4 +404,4 @@ def _write_partition(frame, folder, number, threshold, summary_top):
     identities = [{c: json_value(frame[c].iloc[i]) for c in ids} for i in candidates]
     top = (scores[candidates], candidates, identities)
     return (len(frame), int(valid.sum()), int((valid & (scores > threshold)).sum()),
-            float(scores[valid].max()) if valid.any() else None, top)
+            float(scores[valid].max()) if valid.any() else None, top, scores[valid] if send_scores else None)

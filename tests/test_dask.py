@@ -1,6 +1,7 @@
 """anomvae.dask on a 2-worker LocalCluster (processes, one thread each)."""
 
 import io
+import json
 import os
 import re
 import signal
@@ -222,6 +223,44 @@ def test_cli_without_a_scheduler_starts_a_local_cluster_and_matches_csv_scoring(
     assert list(written.columns) == ["key", "anomaly_score", "is_anomaly", "status"]
     assert list(written["key"]) == list(expected["key"])
     np.testing.assert_array_equal(written["anomaly_score"], expected["anomaly_score"])
+
+
+def _metric_values(path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {sample.name: sample.value for family in text_string_to_metric_families(path.read_text())
+            for sample in family.samples if sample.name not in (
+                "anomvae_run_duration_seconds", "anomvae_last_success_timestamp_seconds")}
+
+
+def test_cli_summary_json_and_metrics_are_those_of_in_process_scoring(client, model_file, rows, tmp_path):
+    data = tmp_path / "d.csv"
+    rows.drop(index=7).to_csv(data, index=False)
+    runs = {}
+    for name, extra in {"dask": ["--dask", "--scheduler", client.scheduler.address, "-o", tmp_path / "out"],
+                        "plain": ["-o", tmp_path / "plain.csv"]}.items():
+        result = invoke("score", model_file, data, "--id-column", "key", "--summary-json", tmp_path / f"{name}.json",
+                        "--metrics-file", tmp_path / f"{name}.prom", *extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = result
+    assert runs["dask"].stderr == runs["plain"].stderr
+    summary = json.loads((tmp_path / "dask.json").read_text())
+    assert summary == json.loads((tmp_path / "plain.json").read_text())
+    assert summary["score_shift"]["n_batch"] == 599 and summary["top_anomalies"][0]["key"] == "k0500"
+    assert _metric_values(tmp_path / "dask.prom") == _metric_values(tmp_path / "plain.prom")
+
+
+def test_cli_a_failing_summary_leaves_no_results_folder(client, model_file, rows, tmp_path):
+    data = tmp_path / "d.parquet"
+    rows.drop(index=7).to_parquet(data)
+    output = tmp_path / "out"
+    result = invoke("score", model_file, data, "--dask", "--scheduler", client.scheduler.address, "-o", output,
+                    "--summary-json", "/dev/full")
+    assert result.exit_code == 2 and "cannot write /dev/full" in result.stderr, result.output
+    assert not output.exists()
+    result = invoke("score", model_file, str(tmp_path / "*.parquet"), "--dask", "-o", output, "--metrics-file", data)
+    assert result.exit_code == 2 and "--metrics-file" in result.stderr and "a file of DATA" in result.stderr
+    assert not output.exists() and pd.read_parquet(data).shape == (599, 6)
 
 
 def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):

@@ -81,12 +81,12 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         check_dialect(delimiter, decimal)
         return score_with_dask(ctx, model, data, output, scheduler=scheduler, threshold=threshold,
                                id_column=id_column, invalid_rows=invalid_rows, delimiter=delimiter, decimal=decimal,
-                               summary_top=summary_top, fail_on_anomaly=fail_on_anomaly, quiet=quiet)
+                               summary_top=summary_top, summary_json=summary_json, metrics_file=metrics_file,
+                               fail_on_anomaly=fail_on_anomaly, quiet=quiet)
     started = time.monotonic()
-    from ..files import atomic_write, check_outputs, storage_errors
+    from ..files import atomic_write, check_outputs
     from ..parquet import is_parquet_source
     from ..persistence import load_with_metadata
-    from ..prometheus import metrics_text
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
@@ -134,24 +134,38 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
         # The summary and the metrics are written (and flushed, so that a
         # full device says so now) before the results are renamed into
         # place: a failure of either leaves the results file as it was.
-        if summary_stream is not None:
-            with storage_errors(summary_json):
-                # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
-                json.dump({"file": display_name(data), "model": model, **summary.to_dict()}, summary_stream,
-                          indent=2, allow_nan=False)
-                summary_stream.write("\n")
-                summary_stream.flush()
-        if metrics_stream is not None:
-            labels = {"model": os.path.basename(model), "input": _input_label(data)}
-            text = metrics_text(summary, labels, duration_seconds=time.monotonic() - started)
-            with storage_errors(metrics_file):
-                metrics_stream.write(text.encode("utf-8"))
-                metrics_stream.flush()
+        write_run_files(summary, model, data, started, summary=(summary_json, summary_stream),
+                        metrics=(metrics_file, metrics_stream))
         results.close()
     if not quiet:
         _report(summary, display_name(data), "images" if image_model else "rows")
     if fail_on_anomaly and summary.anomalies:
         ctx.exit(EXIT_ANOMALIES)
+
+
+def write_run_files(run, model, data, started, *, summary, metrics):
+    """Write the run's ``--summary-json`` and ``--metrics-file`` (from the
+    :class:`~anomvae.results.ScoringSummary` ``run``) into their
+    open temporary files (each a ``(path, stream)`` pair, the stream None
+    when not asked for), flushed, so that a full device fails here."""
+    from ..files import storage_errors
+    from ..prometheus import metrics_text
+    from ..tables import display_name
+
+    (summary_json, summary_stream), (metrics_file, metrics_stream) = summary, metrics
+    if summary_stream is not None:
+        with storage_errors(summary_json):
+            # Strict JSON: to_dict writes non-finite numbers as strings ("inf").
+            json.dump({"file": display_name(data), "model": model, **run.to_dict()}, summary_stream,
+                      indent=2, allow_nan=False)
+            summary_stream.write("\n")
+            summary_stream.flush()
+    if metrics_stream is not None:
+        labels = {"model": os.path.basename(model), "input": _input_label(data)}
+        text = metrics_text(run, labels, duration_seconds=time.monotonic() - started)
+        with storage_errors(metrics_file):
+            metrics_stream.write(text.encode("utf-8"))
+            metrics_stream.flush()
 
 
 def _output_format(output):

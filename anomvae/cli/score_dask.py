@@ -1,6 +1,9 @@
 """``anomvae score --dask``: score Parquet or CSV files on a Dask cluster
 into a folder of Parquet files (the work is :func:`anomvae.dask.score_to_parquet`)."""
 
+import contextlib
+import time
+
 import click
 
 from .app import EXIT_ANOMALIES, InputError, model_kind
@@ -8,24 +11,27 @@ from .app import EXIT_ANOMALIES, InputError, model_kind
 # Options of ``score`` that --dask does not take: what they change is the
 # single output stream, or per-row work on this machine.
 REFUSED = {"fmt": "--format", "only_anomalies": "--only-anomalies", "chunk_size": "--chunk-size",
-           "heatmaps": "--heatmaps", "heatmap_scale": "--heatmap-scale", "explain_top": "--explain",
-           "summary_json": "--summary-json", "metrics_file": "--metrics-file"}
+           "heatmaps": "--heatmaps", "heatmap_scale": "--heatmap-scale", "explain_top": "--explain"}
 
 
 def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column, invalid_rows, delimiter, decimal,
-                    summary_top, fail_on_anomaly, quiet):
+                    summary_top, summary_json, metrics_file, fail_on_anomaly, quiet):
     """Score DATA with MODEL on the cluster at ``scheduler`` (or a new
-    2-worker local one) into the new folder ``output``; the summary line
-    and exit codes are those of ``score``."""
+    2-worker local one) into the new folder ``output``; the summary line,
+    ``--summary-json``, ``--metrics-file`` and exit codes are those of
+    ``score``. The summary and the metrics are written before the Parquet
+    files are moved into ``output``, and renamed into place after them."""
     given = [flag for name, flag in REFUSED.items()
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
     if given:
         raise click.UsageError(f"{', '.join(given)} cannot be used with --dask")
     if output == "-":
         raise click.UsageError("--dask writes a folder of Parquet files: give it with -o FOLDER")
+    started = time.monotonic()
     from .. import dask as anomdask
+    from ..files import atomic_write, check_outputs
     from ..persistence import read_metadata
-    from .score import _report
+    from .score import _report, write_run_files
 
     try:
         anomdask.require()
@@ -35,11 +41,42 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     if model_kind(metadata) == "images":
         raise click.UsageError(f"{model} is an image model; --dask scores tables (Parquet or CSV)")
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
+    check_outputs({"--summary-json": summary_json, "--metrics-file": metrics_file},
+                  {"MODEL": model, **_local_files(data)})
     ddf = anomdask.read(data, delimiter=delimiter, decimal=decimal)
-    with anomdask.client(scheduler):
-        summary = anomdask.score_to_parquet(model, ddf, output, threshold=threshold, id_columns=ids,
-                                            invalid_rows=invalid_rows, summary_top=summary_top)
+    with contextlib.ExitStack() as outputs:
+        # Opened first, so that an unwritable one fails before the cluster starts.
+        metrics_stream = outputs.enter_context(atomic_write(metrics_file, "wb")) if metrics_file else None
+        summary_stream = outputs.enter_context(atomic_write(summary_json)) if summary_json else None
+
+        def write(summary):
+            write_run_files(summary, model, data, started, summary=(summary_json, summary_stream),
+                            metrics=(metrics_file, metrics_stream))
+
+        with anomdask.client(scheduler):
+            summary = anomdask.score_to_parquet(
+                model, ddf, output, threshold=threshold, id_columns=ids, invalid_rows=invalid_rows,
+                summary_top=summary_top, shift_test=bool(summary_json or metrics_file) or not quiet,
+                before_commit=write)
     if not quiet:
         _report(summary, data, "rows")
     if fail_on_anomaly and summary.anomalies:
         ctx.exit(EXIT_ANOMALIES)
+
+
+def _local_files(data):
+    """DATA's files on this machine, as ``check_outputs`` takes inputs
+    (none for a URL, which no output here can name)."""
+    import glob
+
+    from ..errors import DataError
+    from ..parquet import is_parquet_source, list_files
+
+    text = str(data)
+    if "://" in text:
+        return {}
+    files = glob.glob(text, recursive=True)
+    if is_parquet_source(text):
+        with contextlib.suppress(DataError):  # the reader names what is wrong
+            files = list_files(text)
+    return {"DATA": text, "a file of DATA": files}
