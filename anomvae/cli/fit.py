@@ -8,10 +8,10 @@ from .app import InputError, input_errors, main
 from .options import (
     DATA,
     IMAGE_DEFAULTS,
-    Character,
     CommaList,
     ImageSize,
     check_dialect,
+    csv_dialect_options,
     data_inputs,
     estimator_options,
     estimator_params,
@@ -30,10 +30,7 @@ from .options import (
 @click.option("--exclude", type=CommaList(), default=(), help="Columns to leave out of the features.")
 @click.option("--id-column", multiple=True, help="Column that identifies a row; kept out of training and "
               "copied to score output. Repeatable.")
-@click.option("--delimiter", type=Character(), default=",", show_default=True,
-              help="Field delimiter of the CSV (\\t or tab for a tab).")
-@click.option("--decimal", type=Character(), default=".", show_default=True,
-              help="Decimal mark of the CSV's numbers (',' for 1,5).")
+@csv_dialect_options
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or leave them out "
               "(their lines are listed on stderr).")

@@ -104,6 +104,14 @@ def estimator_params(values):
     return params
 
 
+def csv_dialect_options(command):
+    """Add ``--delimiter`` and ``--decimal``, the CSV dialect of DATA, to ``command``."""
+    command = click.option("--decimal", type=Character(), default=".", show_default=True,
+                           help="Decimal mark of the CSV's numbers (',' for 1,5).")(command)
+    return click.option("--delimiter", type=Character(), default=",", show_default=True,
+                        help="Field delimiter of the CSV (\\t or tab for a tab).")(command)
+
+
 def threads_option(command):
     """Add ``--threads N`` to ``command``: torch's intra-op threads
     (``torch.set_num_threads``), set before the command does any work;

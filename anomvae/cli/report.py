@@ -4,7 +4,15 @@
 import click
 
 from .app import InputError, input_errors, main
-from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, refuse_csv_options, threads_option
+from .options import (
+    DATA,
+    FiniteFloat,
+    check_dialect,
+    csv_dialect_options,
+    data_inputs,
+    refuse_csv_options,
+    threads_option,
+)
 
 
 @main.command()
@@ -21,10 +29,7 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
               "[default: those given at fit; else the 'row' number].")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, show_default="10000 rows, 256 images",
               help="Rows or images read and scored at a time; bounds memory.")
-@click.option("--delimiter", type=Character(), default=",", show_default=True,
-              help="Field delimiter of the CSV (\\t or tab for a tab).")
-@click.option("--decimal", type=Character(), default=".", show_default=True,
-              help="Decimal mark of the CSV's numbers (',' for 1,5).")
+@csv_dialect_options
 @click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values (or unreadable images): fail naming them, "
               "or count them as not scored.")

@@ -9,7 +9,15 @@ import time
 import click
 
 from .app import EXIT_ANOMALIES, InputError, input_errors, main, model_kind
-from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, refuse_csv_options, threads_option
+from .options import (
+    DATA,
+    FiniteFloat,
+    check_dialect,
+    csv_dialect_options,
+    data_inputs,
+    refuse_csv_options,
+    threads_option,
+)
 
 
 @main.command()
@@ -27,10 +35,7 @@ from .options import DATA, Character, FiniteFloat, check_dialect, data_inputs, r
               "[default: those given at fit; else a 'row' number].")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, show_default="10000 rows, 256 images",
               help="Rows or images read and scored at a time; bounds memory.")
-@click.option("--delimiter", type=Character(), default=",", show_default=True,
-              help="Field delimiter of the CSV (\\t or tab for a tab).")
-@click.option("--decimal", type=Character(), default=".", show_default=True,
-              help="Decimal mark of the CSV's numbers (',' for 1,5).")
+@csv_dialect_options
 @click.option("--invalid-rows", type=click.Choice(["error", "mark"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values: fail naming them, or write them "
               "unscored with a 'status' column saying why.")
@@ -224,10 +229,7 @@ def _report(summary, name, what):
               show_default=True, help="Target false-alarm rate on normal data.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the calibrated model here [default: replace MODEL].")
-@click.option("--delimiter", type=Character(), default=",", show_default=True,
-              help="Field delimiter of the CSV (\\t or tab for a tab).")
-@click.option("--decimal", type=Character(), default=".", show_default=True,
-              help="Decimal mark of the CSV's numbers (',' for 1,5).")
+@csv_dialect_options
 @click.option("--invalid-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Rows with empty, NaN or infinite values, or unreadable images: fail naming them, or "
               "leave them out (listed on stderr).")
