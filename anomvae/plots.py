@@ -128,7 +128,9 @@ def score_histogram(edges, counts, threshold, *, title=None, linear_width=1.0):
     ax.set_xlabel(f"anomaly score (negative ELBO, nats{scale})")
     ax.set_ylabel("share of scores")
     if title:
-        ax.set_title(title, fontsize=10)
+        # A title names the data (a file name), which may hold "$": taken
+        # as mathtext it would be garbled, or fail to render at all.
+        ax.set_title(title, fontsize=10, parse_math=False)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return figure

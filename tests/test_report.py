@@ -190,3 +190,16 @@ def test_image_report_has_both_grids(conv_model, test_images, tmp_path):
     assert len(page.images()) == 2 + 6 + 4
     assert findings.summary.rows == len(test_images)
     assert findings.normal[0]["anomaly_score"] <= findings.top[-1]["anomaly_score"]
+
+
+@pytest.mark.parametrize("name", [r"x$\b$.csv", "y$^$.csv", "a$b$_c.csv"])
+def test_file_names_with_dollars_are_plain_text_in_the_figures(detector, tmp_path, name):
+    # matplotlib reads text between two "$" as mathtext: a file name must not be.
+    path = tmp_path / name
+    draw_rows(30, seed=3).to_csv(path, index=False)
+    anomvae.report(detector, str(path), tmp_path / "r.html")
+    from anomvae import plots
+
+    figure = plots.score_histogram(np.array([1.0, 2.0]), {"batch": np.array([3])}, 1.5, title=str(path))
+    assert figure.axes[0].title.get_text() == str(path) and not figure.axes[0].title.get_parse_math()
+    assert_offline((tmp_path / "r.html").read_text())
