@@ -203,3 +203,16 @@ def test_file_names_with_dollars_are_plain_text_in_the_figures(detector, tmp_pat
     figure = plots.score_histogram(np.array([1.0, 2.0]), {"batch": np.array([3])}, 1.5, title=str(path))
     assert figure.axes[0].title.get_text() == str(path) and not figure.axes[0].title.get_parse_math()
     assert_offline((tmp_path / "r.html").read_text())
+
+
+def test_large_images_fit_their_grid_cells(tmp_path):
+    # 96x96 RGB: each image and its heatmap at 192 pixels, a pair wider than a cell.
+    rng = np.random.RandomState(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = anomvae.VAEAnomalyDetector(architecture="conv", image_shape=(3, 96, 96), max_epochs=1, batch_size=8,
+                                           random_state=0).fit(rng.rand(16, 3 * 96 * 96))
+    np.save(tmp_path / "batch.npy", rng.rand(12, 96, 96, 3))
+    anomvae.report(model, str(tmp_path / "batch.npy"), tmp_path / "r.html")
+    pairs = ReportPage((tmp_path / "r.html").read_text()).images()[2:]
+    assert len(pairs) == 12 and all(p.width <= 328 for p in pairs), [p.size for p in pairs]

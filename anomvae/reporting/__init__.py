@@ -26,6 +26,10 @@ __all__ = ["report", "render", "Findings"]
 GRID_ANOMALIES, GRID_NORMAL = 8, 4
 # Heatmaps' and images' shorter side in the grid, in pixels.
 GRID_SIDE = 128
+# The widest and tallest a pair (image and heatmap) is drawn: the width of a
+# grid cell's content (html.CELL_WIDTH); larger images are scaled down, so
+# that a pair neither overflows its cell nor grows the page with the images' size.
+PAIR_WIDTH, PAIR_HEIGHT = html.CELL_WIDTH, 2 * html.CELL_WIDTH
 
 
 def report(model, data=None, output="report.html", *, images=None, threshold=None, top=20, explain_top=3,
@@ -161,6 +165,10 @@ def _pair(model, row, scale, threshold):
     pair = Image.new("RGB", (original.width + 6 + heat.width, max(original.height, heat.height)), "white")
     pair.paste(original, (0, 0))
     pair.paste(heat, (original.width + 6, 0))
+    shrink = min(PAIR_WIDTH / pair.width, PAIR_HEIGHT / pair.height)
+    if shrink < 1:
+        pair = pair.resize((max(1, round(pair.width * shrink)), max(1, round(pair.height * shrink))),
+                           Image.Resampling.LANCZOS)
     p_value = "" if row["p_value"] is None else f", p-value {row['p_value']:.3g}"
     flag = "ANOMALY" if row["anomaly_score"] > threshold else "normal"
     return html.pil_png(pair), (f"{flag}: {row['ids'].get('path', '')}: {row['anomaly_score']:.4g} nats "

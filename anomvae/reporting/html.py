@@ -25,9 +25,11 @@ padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;font-size:.9
 text-align:left;vertical-align:top;border-bottom:1px solid #eee}th{background:#f6f6f6}td.num{text-align:right;
 font-variant-numeric:tabular-nums}.flag{color:#b2182b;font-weight:600}.ok{color:#2a6e2a}.note{color:#666;
 font-size:.85em}img.figure{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:12px}.cell{border:1px solid #ddd;
-padding:6px;font-size:.8em;max-width:340px;overflow-wrap:anywhere}.cell img{image-rendering:pixelated}
+padding:6px;font-size:.8em;max-width:340px;overflow-wrap:anywhere}.cell img{image-rendering:pixelated;max-width:100%}
 ul.why{margin:0;padding-left:1.1em}.shifted{background:#fde0dd;padding:.4em .6em}
 """
+# A grid cell's content width, in CSS pixels: .cell's max-width less its padding.
+CELL_WIDTH = 340 - 2 * 6
 # Forbids scripts, remote images, fonts, frames and requests of any kind.
 POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
