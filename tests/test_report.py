@@ -216,3 +216,22 @@ def test_large_images_fit_their_grid_cells(tmp_path):
     anomvae.report(model, str(tmp_path / "batch.npy"), tmp_path / "r.html")
     pairs = ReportPage((tmp_path / "r.html").read_text()).images()[2:]
     assert len(pairs) == 12 and all(p.width <= 328 for p in pairs), [p.size for p in pairs]
+
+
+def test_a_batch_with_no_scored_row_says_so(detector, tmp_path):
+    frame = draw_rows(4, seed=5)
+    frame["b"] = np.nan
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    findings = anomvae.report(detector, str(tmp_path / "gaps.csv"), tmp_path / "r.html", invalid_rows="mark")
+    page = ReportPage((tmp_path / "r.html").read_text())
+    assert findings.summary.rows_not_scored == 4 and page.value("batch-rows-not-scored") == 4
+    # The model has baseline scores: the test is missing for want of the batch's.
+    assert detector.training_scores_ is not None and "no rows could be scored" in page.texts["shift"]
+    assert "No rows could be scored" in page.texts["top"]
+
+
+def test_top_zero_lists_no_row_but_says_why(detector, batch, tmp_path):
+    anomvae.report(detector, str(batch), tmp_path / "r.html", top=0)
+    page = ReportPage((tmp_path / "r.html").read_text())
+    assert page.value("batch-rows-scored") == 300 and not page.top_rows()
+    assert "could be scored" not in page.texts["top"] and "top 0" in page.texts["top"]
