@@ -235,3 +235,17 @@ def test_top_zero_lists_no_row_but_says_why(detector, batch, tmp_path):
     page = ReportPage((tmp_path / "r.html").read_text())
     assert page.value("batch-rows-scored") == 300 and not page.top_rows()
     assert "could be scored" not in page.texts["top"] and "top 0" in page.texts["top"]
+
+
+def test_an_output_that_cannot_be_written_fails_before_scoring(detector, tmp_path, monkeypatch):
+    from anomvae.errors import OutputError
+
+    gather = sys.modules["anomvae.reporting.gather"]  # the module; the package exports a function of its name
+
+    def never(*args, **kwargs):
+        raise AssertionError("the batch was scored")
+
+    monkeypatch.setattr(gather, "score_csv", never)
+    (tmp_path / "batch.csv").write_text("a,b,c,d,e\n1,2,3,4,5\n")
+    with pytest.raises(OutputError, match="cannot write"):
+        anomvae.report(detector, str(tmp_path / "batch.csv"), tmp_path / "missing" / "r.html")

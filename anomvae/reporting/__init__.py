@@ -86,17 +86,18 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
     if invalid_rows not in ("error", "mark"):
         raise ValueError(f"invalid_rows must be 'error' or 'mark', got {invalid_rows!r}")
     ids = list(id_columns) or list((metadata or {}).get("extra", {}).get("id_columns", []))
-    findings = None
-    if data is not None:
-        findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
-                          explain_top=explain_top, id_columns=ids if not images else (), chunk_size=chunk_size,
-                          delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
-                          summary_top=top)
-    text = render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold)
     from ..files import atomic_write
 
+    # Opened first, so that an output that cannot be written fails before
+    # the batch is scored rather than after.
     with atomic_write(output) as stream:
-        stream.write(text)
+        findings = None
+        if data is not None:
+            findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
+                              explain_top=explain_top, id_columns=ids if not images else (),
+                              chunk_size=chunk_size, delimiter=delimiter, decimal=decimal,
+                              mark_invalid=invalid_rows == "mark", summary_top=top)
+        stream.write(render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold))
     return findings
 
 
