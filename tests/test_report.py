@@ -249,3 +249,14 @@ def test_an_output_that_cannot_be_written_fails_before_scoring(detector, tmp_pat
     (tmp_path / "batch.csv").write_text("a,b,c,d,e\n1,2,3,4,5\n")
     with pytest.raises(OutputError, match="cannot write"):
         anomvae.report(detector, str(tmp_path / "batch.csv"), tmp_path / "missing" / "r.html")
+
+
+def test_a_one_epoch_model_draws_its_curves():
+    from anomvae import plots
+
+    model = quiet_fit(anomvae.VAEAnomalyDetector(hidden_dims=(8,), max_epochs=1, random_state=0), draw_rows(100, 2))
+    figure = plots.training_curves(model.history_, model.best_epoch_)
+    lines = [line for line in figure.axes[0].lines if line.get_label() in ("training", "validation")]
+    # One point per curve: without a marker, matplotlib draws nothing of it.
+    assert len(lines) == 2 and all(len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "")
+                                   for line in lines)
