@@ -260,3 +260,18 @@ def test_a_one_epoch_model_draws_its_curves():
     # One point per curve: without a marker, matplotlib draws nothing of it.
     assert len(lines) == 2 and all(len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "")
                                    for line in lines)
+
+
+@pytest.mark.parametrize("top", [20, 0])
+def test_a_small_image_batch_shows_each_image_once(conv_model, test_images, tmp_path, top):
+    # 5 images: the 4 lowest-scoring are also among the 8 highest.
+    np.save(tmp_path / "batch.npy", test_images[:5].reshape(-1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        anomvae.report(conv_model, str(tmp_path / "batch.npy"), tmp_path / "r.html", top=top)
+    page = ReportPage((tmp_path / "r.html").read_text())
+    captions = [attrs["alt"] for tag, attrs in page.elements if tag == "img" and attrs.get("class") == ""]
+    paths = [caption.split(": ")[1] for caption in captions]
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == (5 if top else 4)
+    sections = {attrs.get("id") for tag, attrs in page.elements if tag == "section"}
+    assert ("images" in sections) == bool(top)  # no empty grid

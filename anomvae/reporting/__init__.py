@@ -139,12 +139,20 @@ def _image_grids(model, findings):
     scale, threshold = HeatScale.for_model(model), findings.summary.threshold
     note = (f"Each image beside where its score comes from: red where a pixel adds more than {scale.low:.3g} "
             f"nats (clear) up to {scale.high:.3g} nats (full colour), one scale for every image of the model.")
-    grids = [html.grid_section([_pair(model, row, scale, threshold) for row in findings.top[:GRID_ANOMALIES]],
-                          "The most anomalous images", "images", note)]
-    if findings.normal:
-        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in findings.normal],
-                                  "The most normal images", "normal-images", "The lowest-scoring images, "
-                                  "on the same scale, for comparison."))
+    anomalous = findings.top[:GRID_ANOMALIES]
+    # In a batch of few images the lowest-scoring are among the highest:
+    # shown once, in the first grid, not again as "the most normal".
+    shown = [row["ids"] for row in anomalous]
+    normal = [row for row in findings.normal if row["ids"] not in shown]
+    grids = []
+    if anomalous:
+        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in anomalous],
+                                       "The most anomalous images", "images", note))
+    if normal:
+        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in normal],
+                                       "The most normal images", "normal-images",
+                                       "The lowest-scoring images, on the same scale, for comparison."
+                                       if anomalous else note))
     return grids
 
 
