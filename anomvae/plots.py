@@ -65,13 +65,15 @@ def training_curves(history, best_epoch=None):
     panels = (("loss (weighted ELBO)", "train_loss", "val_loss"),
               ("reconstruction", "train_reconstruction", "val_reconstruction"),
               ("KL divergence", "train_kl", "val_kl"))
+    # A line through one point draws nothing: a one-epoch run shows as dots.
+    marker = "o" if len(epochs) == 1 else None
     for ax, (title, train, val) in zip(axes, panels):
         if len(warm):
             ax.axvspan(epochs[0] - 0.5, warm[-1] + 0.5, color="#fdd49e", alpha=0.5, lw=0, label="KL warm-up")
-        ax.plot(epochs, getattr(history, train), color="#1f77b4", label="training")
+        ax.plot(epochs, getattr(history, train), color="#1f77b4", marker=marker, label="training")
         validation = np.asarray(getattr(history, val), dtype=float)
         if np.isfinite(validation).any():
-            ax.plot(epochs, validation, color="#d95f02", ls="--", label="validation")
+            ax.plot(epochs, validation, color="#d95f02", ls="--", marker=marker, label="validation")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="#333333", ls=":", lw=1.2, label=f"best epoch ({best_epoch})")
         ax.set_title(title, fontsize=10)
@@ -128,7 +130,9 @@ def score_histogram(edges, counts, threshold, *, title=None, linear_width=1.0):
     ax.set_xlabel(f"anomaly score (negative ELBO, nats{scale})")
     ax.set_ylabel("share of scores")
     if title:
-        ax.set_title(title, fontsize=10)
+        # A title names the data (a file name), which may hold "$": taken
+        # as mathtext it would be garbled, or fail to render at all.
+        ax.set_title(title, fontsize=10, parse_math=False)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return figure

@@ -190,3 +190,88 @@ def test_image_report_has_both_grids(conv_model, test_images, tmp_path):
     assert len(page.images()) == 2 + 6 + 4
     assert findings.summary.rows == len(test_images)
     assert findings.normal[0]["anomaly_score"] <= findings.top[-1]["anomaly_score"]
+
+
+@pytest.mark.parametrize("name", [r"x$\b$.csv", "y$^$.csv", "a$b$_c.csv"])
+def test_file_names_with_dollars_are_plain_text_in_the_figures(detector, tmp_path, name):
+    # matplotlib reads text between two "$" as mathtext: a file name must not be.
+    path = tmp_path / name
+    draw_rows(30, seed=3).to_csv(path, index=False)
+    anomvae.report(detector, str(path), tmp_path / "r.html")
+    from anomvae import plots
+
+    figure = plots.score_histogram(np.array([1.0, 2.0]), {"batch": np.array([3])}, 1.5, title=str(path))
+    assert figure.axes[0].title.get_text() == str(path) and not figure.axes[0].title.get_parse_math()
+    assert_offline((tmp_path / "r.html").read_text())
+
+
+def test_large_images_fit_their_grid_cells(tmp_path):
+    # 96x96 RGB: each image and its heatmap at 192 pixels, a pair wider than a cell.
+    rng = np.random.RandomState(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = anomvae.VAEAnomalyDetector(architecture="conv", image_shape=(3, 96, 96), max_epochs=1, batch_size=8,
+                                           random_state=0).fit(rng.rand(16, 3 * 96 * 96))
+    np.save(tmp_path / "batch.npy", rng.rand(12, 96, 96, 3))
+    anomvae.report(model, str(tmp_path / "batch.npy"), tmp_path / "r.html")
+    pairs = ReportPage((tmp_path / "r.html").read_text()).images()[2:]
+    assert len(pairs) == 12 and all(p.width <= 328 for p in pairs), [p.size for p in pairs]
+
+
+def test_a_batch_with_no_scored_row_says_so(detector, tmp_path):
+    frame = draw_rows(4, seed=5)
+    frame["b"] = np.nan
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    findings = anomvae.report(detector, str(tmp_path / "gaps.csv"), tmp_path / "r.html", invalid_rows="mark")
+    page = ReportPage((tmp_path / "r.html").read_text())
+    assert findings.summary.rows_not_scored == 4 and page.value("batch-rows-not-scored") == 4
+    # The model has baseline scores: the test is missing for want of the batch's.
+    assert detector.training_scores_ is not None and "no rows could be scored" in page.texts["shift"]
+    assert "No rows could be scored" in page.texts["top"]
+
+
+def test_top_zero_lists_no_row_but_says_why(detector, batch, tmp_path):
+    anomvae.report(detector, str(batch), tmp_path / "r.html", top=0)
+    page = ReportPage((tmp_path / "r.html").read_text())
+    assert page.value("batch-rows-scored") == 300 and not page.top_rows()
+    assert "could be scored" not in page.texts["top"] and "top 0" in page.texts["top"]
+
+
+def test_an_output_that_cannot_be_written_fails_before_scoring(detector, tmp_path, monkeypatch):
+    from anomvae.errors import OutputError
+
+    gather = sys.modules["anomvae.reporting.gather"]  # the module; the package exports a function of its name
+
+    def never(*args, **kwargs):
+        raise AssertionError("the batch was scored")
+
+    monkeypatch.setattr(gather, "score_csv", never)
+    (tmp_path / "batch.csv").write_text("a,b,c,d,e\n1,2,3,4,5\n")
+    with pytest.raises(OutputError, match="cannot write"):
+        anomvae.report(detector, str(tmp_path / "batch.csv"), tmp_path / "missing" / "r.html")
+
+
+def test_a_one_epoch_model_draws_its_curves():
+    from anomvae import plots
+
+    model = quiet_fit(anomvae.VAEAnomalyDetector(hidden_dims=(8,), max_epochs=1, random_state=0), draw_rows(100, 2))
+    figure = plots.training_curves(model.history_, model.best_epoch_)
+    lines = [line for line in figure.axes[0].lines if line.get_label() in ("training", "validation")]
+    # One point per curve: without a marker, matplotlib draws nothing of it.
+    assert len(lines) == 2 and all(len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "")
+                                   for line in lines)
+
+
+@pytest.mark.parametrize("top", [20, 0])
+def test_a_small_image_batch_shows_each_image_once(conv_model, test_images, tmp_path, top):
+    # 5 images: the 4 lowest-scoring are also among the 8 highest.
+    np.save(tmp_path / "batch.npy", test_images[:5].reshape(-1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        anomvae.report(conv_model, str(tmp_path / "batch.npy"), tmp_path / "r.html", top=top)
+    page = ReportPage((tmp_path / "r.html").read_text())
+    captions = [attrs["alt"] for tag, attrs in page.elements if tag == "img" and attrs.get("class") == ""]
+    paths = [caption.split(": ")[1] for caption in captions]
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == (5 if top else 4)
+    sections = {attrs.get("id") for tag, attrs in page.elements if tag == "section"}
+    assert ("images" in sections) == bool(top)  # no empty grid

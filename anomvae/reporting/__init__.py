@@ -26,6 +26,10 @@ __all__ = ["report", "render", "Findings"]
 GRID_ANOMALIES, GRID_NORMAL = 8, 4
 # Heatmaps' and images' shorter side in the grid, in pixels.
 GRID_SIDE = 128
+# The widest and tallest a pair (image and heatmap) is drawn: the width of a
+# grid cell's content (html.CELL_WIDTH); larger images are scaled down, so
+# that a pair neither overflows its cell nor grows the page with the images' size.
+PAIR_WIDTH, PAIR_HEIGHT = html.CELL_WIDTH, 2 * html.CELL_WIDTH
 
 
 def report(model, data=None, output="report.html", *, images=None, threshold=None, top=20, explain_top=3,
@@ -82,17 +86,18 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
     if invalid_rows not in ("error", "mark"):
         raise ValueError(f"invalid_rows must be 'error' or 'mark', got {invalid_rows!r}")
     ids = list(id_columns) or list((metadata or {}).get("extra", {}).get("id_columns", []))
-    findings = None
-    if data is not None:
-        findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
-                          explain_top=explain_top, id_columns=ids if not images else (), chunk_size=chunk_size,
-                          delimiter=delimiter, decimal=decimal, mark_invalid=invalid_rows == "mark",
-                          summary_top=top)
-    text = render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold)
     from ..files import atomic_write
 
+    # Opened first, so that an output that cannot be written fails before
+    # the batch is scored rather than after.
     with atomic_write(output) as stream:
-        stream.write(text)
+        findings = None
+        if data is not None:
+            findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
+                              explain_top=explain_top, id_columns=ids if not images else (),
+                              chunk_size=chunk_size, delimiter=delimiter, decimal=decimal,
+                              mark_invalid=invalid_rows == "mark", summary_top=top)
+        stream.write(render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold))
     return findings
 
 
@@ -134,12 +139,20 @@ def _image_grids(model, findings):
     scale, threshold = HeatScale.for_model(model), findings.summary.threshold
     note = (f"Each image beside where its score comes from: red where a pixel adds more than {scale.low:.3g} "
             f"nats (clear) up to {scale.high:.3g} nats (full colour), one scale for every image of the model.")
-    grids = [html.grid_section([_pair(model, row, scale, threshold) for row in findings.top[:GRID_ANOMALIES]],
-                          "The most anomalous images", "images", note)]
-    if findings.normal:
-        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in findings.normal],
-                                  "The most normal images", "normal-images", "The lowest-scoring images, "
-                                  "on the same scale, for comparison."))
+    anomalous = findings.top[:GRID_ANOMALIES]
+    # In a batch of few images the lowest-scoring are among the highest:
+    # shown once, in the first grid, not again as "the most normal".
+    shown = [row["ids"] for row in anomalous]
+    normal = [row for row in findings.normal if row["ids"] not in shown]
+    grids = []
+    if anomalous:
+        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in anomalous],
+                                       "The most anomalous images", "images", note))
+    if normal:
+        grids.append(html.grid_section([_pair(model, row, scale, threshold) for row in normal],
+                                       "The most normal images", "normal-images",
+                                       "The lowest-scoring images, on the same scale, for comparison."
+                                       if anomalous else note))
     return grids
 
 
@@ -161,6 +174,10 @@ def _pair(model, row, scale, threshold):
     pair = Image.new("RGB", (original.width + 6 + heat.width, max(original.height, heat.height)), "white")
     pair.paste(original, (0, 0))
     pair.paste(heat, (original.width + 6, 0))
+    shrink = min(PAIR_WIDTH / pair.width, PAIR_HEIGHT / pair.height)
+    if shrink < 1:
+        pair = pair.resize((max(1, round(pair.width * shrink)), max(1, round(pair.height * shrink))),
+                           Image.Resampling.LANCZOS)
     p_value = "" if row["p_value"] is None else f", p-value {row['p_value']:.3g}"
     flag = "ANOMALY" if row["anomaly_score"] > threshold else "normal"
     return html.pil_png(pair), (f"{flag}: {row['ids'].get('path', '')}: {row['anomaly_score']:.4g} nats "

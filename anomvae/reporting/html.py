@@ -25,9 +25,11 @@ padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;font-size:.9
 text-align:left;vertical-align:top;border-bottom:1px solid #eee}th{background:#f6f6f6}td.num{text-align:right;
 font-variant-numeric:tabular-nums}.flag{color:#b2182b;font-weight:600}.ok{color:#2a6e2a}.note{color:#666;
 font-size:.85em}img.figure{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:12px}.cell{border:1px solid #ddd;
-padding:6px;font-size:.8em;max-width:340px;overflow-wrap:anywhere}.cell img{image-rendering:pixelated}
+padding:6px;font-size:.8em;max-width:340px;overflow-wrap:anywhere}.cell img{image-rendering:pixelated;max-width:100%}
 ul.why{margin:0;padding-left:1.1em}.shifted{background:#fde0dd;padding:.4em .6em}
 """
+# A grid cell's content width, in CSS pixels: .cell's max-width less its padding.
+CELL_WIDTH = 340 - 2 * 6
 # Forbids scripts, remote images, fonts, frames and requests of any kind.
 POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -110,14 +112,15 @@ def counts_section(findings, histogram_png):
             ("calibration-fpr", "calibration rate", s.calibration_fpr)]
     table = "".join(f"<tr><th>{esc(label)}</th>{datum('batch-' + key, value)}</tr>" for key, label, value in rows)
     return (f'<section id="batch">\n<h2>Batch: {esc(findings.name)}</h2>\n<table>{table}</table>\n{unscored}\n'
-            + shift_paragraph(s.score_shift, what) + "\n"
+            + shift_paragraph(s.score_shift, what, s.rows_scored) + "\n"
             + img(histogram_png, "histogram of the batch's anomaly scores over the model's scores") +
             f'\n<p class="note">{_histogram_note(findings.histogram)}</p>\n</section>')
 
 
-def shift_paragraph(shift, what):
+def shift_paragraph(shift, what, rows_scored=None):
     if shift is None:
-        return '<p id="shift" class="note">No shift test: the model keeps no baseline scores.</p>'
+        why = f"no {what} could be scored" if rows_scored == 0 else "the model keeps no baseline scores"
+        return f'<p id="shift" class="note">No shift test: {why}.</p>'
     verdict = (f"the scores differ from the model's {shift.baseline} scores: the data may have shifted"
                if shift.shifted else f"no evidence that the scores differ from the model's {shift.baseline} scores")
     cls = ' class="shifted"' if shift.shifted else ""
@@ -140,7 +143,9 @@ def _histogram_note(histogram):
 def top_section(findings, threshold):
     rows = findings.top
     if not rows:
-        return '<section id="top">\n<h2>Top anomalies</h2>\n<p class="note">No row was scored.</p>\n</section>'
+        why = f"No {findings.what} could be scored." if not findings.summary.rows_scored else \
+            f"None listed: the report was asked for the top 0 {findings.what}."
+        return f'<section id="top">\n<h2>Top anomalies</h2>\n<p class="note">{why}</p>\n</section>'
     id_names = list(rows[0]["ids"])
     head = "".join(f"<th>{esc(name)}</th>" for name in ["#", *id_names, "anomaly score", "p-value", "flagged"])
     explained = findings.what == "rows" and "explanation" in rows[0]
