@@ -12,6 +12,7 @@ library never changes its caller's process.
 """
 
 import ctypes
+import sys
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -25,10 +26,12 @@ def keep_freed_memory(trim_above=TRIM_ABOVE):
     """Ask glibc's malloc to keep freed memory for reuse in this process:
     blocks under 32 MiB come from the heap, and the heap is trimmed only
     once more than ``trim_above`` bytes at its top are free. Returns whether
-    the C library took the settings; does nothing (False) where it has no
-    ``mallopt`` (a C library other than glibc)."""
+    the C library took the settings; does nothing (False) off Linux and
+    where the C library has no ``mallopt`` (musl, for one)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCKS_BELOW)) & bool(mallopt(_M_TRIM_THRESHOLD, int(trim_above)))

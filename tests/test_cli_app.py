@@ -276,6 +276,9 @@ def test_no_mallopt_is_no_error(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a C library without mallopt
     assert keep_freed_memory() is False
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: pytest.fail("no C library is opened off Linux"))
+    assert keep_freed_memory() is False
 
 
 @pytest.mark.parametrize("command", list(THREADED))
