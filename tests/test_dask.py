@@ -261,6 +261,13 @@ def test_cli_a_failing_summary_leaves_no_results_folder(client, model_file, rows
     result = invoke("score", model_file, str(tmp_path / "*.parquet"), "--dask", "-o", output, "--metrics-file", data)
     assert result.exit_code == 2 and "--metrics-file" in result.stderr and "a file of DATA" in result.stderr
     assert not output.exists() and pd.read_parquet(data).shape == (599, 6)
+    for option in ("--summary-json", "--metrics-file"):
+        # Renamed onto the folder once the Parquet files were in: the
+        # command failed and left the folder.
+        result = invoke("score", model_file, data, "--dask", "--scheduler", client.scheduler.address, "-o", output,
+                        option, output)
+        assert result.exit_code == 2 and f"-o and {option} name the same file" in result.stderr, result.output
+        assert not output.exists()
 
 
 def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):

@@ -41,7 +41,9 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     if model_kind(metadata) == "images":
         raise click.UsageError(f"{model} is an image model; --dask scores tables (Parquet or CSV)")
     ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
-    check_outputs({"--summary-json": summary_json, "--metrics-file": metrics_file},
+    # -o among them: a summary named as the folder would be renamed onto it
+    # after the Parquet files had moved in, failing with the folder left.
+    check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file},
                   {"MODEL": model, **_local_files(data)})
     ddf = anomdask.read(data, delimiter=delimiter, decimal=decimal)
     with contextlib.ExitStack() as outputs:
