@@ -82,7 +82,8 @@ def _resolve(model):
 
 # The heap a worker keeps free for reuse: distributed trims it at 64 KiB so
 # that a worker's memory reflects its data, which made every chunk's
-# activations cost fresh pages (210k against 294k rows/s on 2M rows);
+# activations cost fresh pages (210k against 273k rows/s on 2M rows
+# with these settings, 294k with a 256 MiB trim: decisions.md);
 # 64 MiB is a few chunks' worth.
 WORKER_TRIM_ABOVE = 64 << 20
 _WORKER_READY = False  # whether this process is a worker set up by _set_up_worker
