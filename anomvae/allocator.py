@@ -3,8 +3,8 @@
 Scoring allocates and frees megabyte-sized activation tensors for every
 chunk of rows. Under glibc's default thresholds many of them are mapped
 from the kernel and unmapped again, or the heap is shrunk and grown again;
-the kernel zeroes every page it hands out. On a 1M-row ``anomvae score``
-that was 1.7 of 8.4-8.6 seconds (wall) in system time, against 0.5 with
+the kernel zeroes every page it hands out. A 1M-row ``anomvae score``
+spent 1.7 s of its 8.4-8.6 s in the kernel, against 0.5 s with
 :func:`keep_freed_memory`, for the same scores and peak memory within 2%.
 Dask workers are worse: distributed starts them with a heap trimmed at
 64 KiB. The commands and :mod:`anomvae.dask`'s workers call it; the
