@@ -294,10 +294,11 @@ def read(source, *, delimiter=",", decimal="."):
 
 
 @contextlib.contextmanager
-def client(scheduler=None, *, n_workers=2):
+def client(scheduler=None, *, n_workers=2, silence_logs=logging.ERROR):
     """A ``distributed.Client`` of the scheduler at ``scheduler``
     (``"tcp://host:8786"``), or of a new ``LocalCluster`` of ``n_workers``
-    worker processes with one thread each, closed on exit."""
+    worker processes with one thread each, closed on exit; the local
+    cluster's log messages below ``silence_logs`` are not shown."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -307,7 +308,7 @@ def client(scheduler=None, *, n_workers=2):
             yield connected
         return
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as connected:
+                      silence_logs=silence_logs) as cluster, Client(cluster) as connected:
         yield connected
 
 

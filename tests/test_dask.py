@@ -270,6 +270,22 @@ def test_cli_a_failing_summary_leaves_no_results_folder(client, model_file, rows
         assert not output.exists()
 
 
+def test_a_failing_local_cluster_run_says_one_line(model_file, rows, tmp_path):
+    """Run as a monitoring job runs it: the local workers' own report of
+    the failed task (a traceback) stays out of stderr."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.parquet"
+    rows.to_parquet(data)  # row 7 holds a NaN
+    output = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "anomvae", "score", model_file, str(data), "--dask", "-o",
+                           str(output)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot be scored" in done.stderr and "Traceback" not in done.stderr and not output.exists()
+
+
 def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.parquet").write_text("x")

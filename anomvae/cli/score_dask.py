@@ -2,6 +2,7 @@
 into a folder of Parquet files (the work is :func:`anomvae.dask.score_to_parquet`)."""
 
 import contextlib
+import logging
 import time
 
 import click
@@ -55,7 +56,9 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
             write_run_files(summary, model, data, started, summary=(summary_json, summary_stream),
                             metrics=(metrics_file, metrics_stream))
 
-        with anomdask.client(scheduler):
+        # A failed task is this command's one-line error: the local
+        # workers' own report of it (a traceback) is not shown as well.
+        with anomdask.client(scheduler, silence_logs=logging.CRITICAL):
             summary = anomdask.score_to_parquet(
                 model, ddf, output, threshold=threshold, id_columns=ids, invalid_rows=invalid_rows,
                 summary_top=summary_top, shift_test=bool(summary_json or metrics_file) or not quiet,
