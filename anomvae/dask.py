@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 
 from .allocator import keep_freed_memory
-from .calibration import conformal_p_values, score_shift
+from .calibration import score_shift
 from .errors import DataError, OutputError, quote
 from .files import staged_folder
+from .parquet import is_parquet_source
 from .persistence import load_for_scoring
-from .results import ScoringSummary, TopScores, check_id_columns, json_value
-from .scoring import feature_names
+from .results import TopScores, check_id_columns, json_value
+from .scoring import BatchMonitor, _scores, _summary, feature_names
 
 INSTALL_HINT = "pip install 'anomvae[dask]'"
 logger = logging.getLogger("anomvae")
@@ -49,11 +50,11 @@ def _dask_dataframe():
 
 
 def require():
-    """An ImportError naming the extra to install unless Dask, distributed
-    and pyarrow are all importable."""
+    """An ImportError naming the extra to install unless Dask and
+    distributed are both importable."""
     import importlib
 
-    for name in ("dask.dataframe", "distributed", "pyarrow"):
+    for name in ("dask.dataframe", "distributed"):
         try:
             importlib.import_module(name)
         except ImportError as exc:
@@ -91,8 +92,9 @@ _WORKER_READY = False  # whether this process is a worker set up by _set_up_work
 
 def _set_up_worker():
     """In a Dask worker process: one torch thread (its worker threads, not
-    torch's, use the cores; more costs 3-8x the CPU) and freed memory kept
-    for reuse up to 64 MiB (:func:`~anomvae.allocator.keep_freed_memory`).
+    torch's, use the cores; torch threads on top compete for them) and
+    freed memory kept for reuse up to 64 MiB
+    (:func:`~anomvae.allocator.keep_freed_memory`).
     In-process schedulers leave the caller's process alone."""
     global _WORKER_READY
     if _WORKER_READY:
@@ -196,18 +198,8 @@ def _score_partition(frame, model, features, id_columns, threshold, mark_invalid
     model = _resolve(model)
     X = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
     invalid, reasons = model.standardizer_.unusable_rows(X, features)
-    scores = np.full(len(X), np.nan)
-    valid = ~invalid
-    if valid.any():
-        scores[valid] = -model.score_samples(pd.DataFrame(X[valid], columns=features))
-    overflow = valid & np.isnan(scores)
-    if overflow.any():
-        # float32 arithmetic inside the network that overflows into NaN.
-        reason_of = dict(zip(np.flatnonzero(invalid), reasons))
-        reason_of.update((i, "its anomaly score is NaN: a value too large for the model's float32 network")
-                         for i in np.flatnonzero(overflow))
-        invalid, valid = invalid | overflow, valid & ~overflow
-        reasons = [reason_of[i] for i in np.flatnonzero(invalid)]
+    # Marked here whatever the setting, so that the error below names the partition.
+    scores, invalid, reasons = _scores(model, X, features, invalid, reasons, frame.index, None, True, None)
     if invalid.any() and not mark_invalid:
         where = f"partition {partition_info['number']}" if partition_info else "a partition"
         rows = ", ".join(map(str, frame.index[invalid][:10]))
@@ -215,11 +207,7 @@ def _score_partition(frame, model, features, id_columns, threshold, mark_invalid
                         f"{' ...' if invalid.sum() > 10 else ''} ({reasons[0]}); fix them or mark them")
     out = frame[id_columns].copy()
     out["anomaly_score"] = scores
-    reference = getattr(model, "reference_scores_", None)
-    if reference is not None:
-        p_values = np.full(len(X), np.nan)
-        p_values[valid] = conformal_p_values(reference, scores[valid])
-        out["p_value"] = p_values
+    out = out.assign(**BatchMonitor(model, 0, False).p_values(scores, ~invalid))
     out["is_anomaly"] = pd.array(scores > threshold, dtype="boolean")
     out.loc[invalid, "is_anomaly"] = pd.NA
     status = np.full(len(X), "scored", dtype=object)
@@ -288,7 +276,7 @@ def read(source, *, delimiter=",", decimal="."):
         raise DataError("Dask reads files its workers can open, not standard input")
     if "://" not in text and not glob.glob(text):
         raise DataError(f"{text}: no such file or folder, and no file matches it")
-    if text.rstrip("/").lower().endswith((".parquet", ".pq")) or os.path.isdir(text):
+    if is_parquet_source(text) or os.path.isdir(text):
         return dd.read_parquet(text)
     return dd.read_csv(text, sep=delimiter, decimal=decimal)
 
@@ -348,8 +336,7 @@ def score_to_parquet(model, ddf, output, *, threshold=None, id_columns=(), inval
                                  align_dataframes=False)
         id_columns = ["row"]
     scored = score(model, ddf, threshold=threshold, id_columns=id_columns, invalid_rows=invalid_rows)
-    summary = ScoringSummary(threshold=local.threshold_ if threshold is None else float(threshold),
-                             calibration_fpr=getattr(local, "calibration_fpr_", None))
+    summary = _summary(local, threshold)
     import dask
 
     with staged_folder(output, "Parquet files") as staging:
@@ -395,7 +382,7 @@ def _write_partition(frame, folder, number, threshold, summary_top, send_scores=
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    name = os.path.join(folder, f"part.{number}.parquet")
+    name = os.path.join(folder, f"part.{number:06d}.parquet")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), name + ".tmp")
     os.replace(name + ".tmp", name)
     scores = frame["anomaly_score"].to_numpy()

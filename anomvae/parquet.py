@@ -25,17 +25,7 @@ from .errors import DataError, quote
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 _GLOB_CHARS = "*?["
-INSTALL_HINT = "pip install 'anomvae[parquet]'"
 _READ_BUFFER = 1 << 16  # bytes per read of a column chunk (see _open)
-
-
-def pyarrow_parquet():
-    """``pyarrow.parquet``, or a :class:`DataError` saying how to install it."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"reading or writing Parquet needs pyarrow: {INSTALL_HINT}") from None
-    return pq
 
 
 def _is_parquet_name(text):
@@ -95,7 +85,8 @@ def list_files(source):
 
 
 def _open(path):
-    pq = pyarrow_parquet()
+    import pyarrow.parquet as pq
+
     try:
         # Streamed, not buffered: pyarrow's defaults read whole column chunks
         # ahead (pre_buffer) and decode a row group at once, which on a local

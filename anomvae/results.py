@@ -27,7 +27,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import parquet
 from .errors import DataError, quote
 
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
@@ -110,7 +109,7 @@ def _text_cells(values):
         cells = pa.array(values, type=pa.string(), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         cells = pa.array(["" if v is None or v != v else str(v) for v in values.tolist()], pa.string())
-    needs = pc.match_substring_regex(cells, r'[,"\r\n]')
+    needs = pc.match_substring_regex(cells, _NEEDS_QUOTES.pattern)
     if not pc.any(needs).as_py():
         return cells
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(cells, '"', '""'), '"', "")
@@ -216,8 +215,6 @@ class ScoringSummary:
 
 def _arrow_schema(frame):
     """The Parquet schema of the results, from their first batch ``frame``."""
-    import pyarrow as pa
-
     fields = []
     for column in frame.columns:
         dtype = frame[column].dtype
@@ -291,8 +288,7 @@ class ResultWriter:
         return positions
 
     def _write_parquet(self, frame):
-        pq = parquet.pyarrow_parquet()  # first: without pyarrow, say how to install it
-        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self.stream, _arrow_schema(frame))

@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_output_is_complete(client, m
     summary = anomdask.score_to_parquet(model_file, ddf, str(output), id_columns=["key"], invalid_rows="mark")
     assert os.path.exists(marker)
     written = pd.read_parquet(output).sort_values("key").reset_index(drop=True)
-    assert sorted(os.listdir(output)) == [f"part.{i}.parquet" for i in range(4)]
+    assert sorted(os.listdir(output)) == [f"part.{i:06d}.parquet" for i in range(4)]
     assert (written["key"] == rows["key"]).all()
     np.testing.assert_array_equal(written["anomaly_score"].to_numpy(), expected_scores(detector, rows))
     assert (summary.rows, summary.rows_scored, summary.rows_not_scored) == (600, 599, 1)
@@ -284,6 +284,31 @@ def test_a_failing_local_cluster_run_says_one_line(model_file, rows, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "cannot be scored" in done.stderr and "Traceback" not in done.stderr and not output.exists()
+
+
+def test_parquet_files_named_by_any_pattern_are_read_as_parquet_and_written_in_input_order(client, model_file, detector,
+                                                                                   rows, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    kept = rows.drop(index=7)
+    for i, start in enumerate((0, 200, 400)):
+        kept.iloc[start:start + 200].to_parquet(data / f"chunk-{i}.parquet")
+    ddf = anomdask.read(str(data / "chunk-*"))  # a pattern that does not say .parquet
+    output = tmp_path / "out"
+    anomdask.score_to_parquet(model_file, ddf.repartition(npartitions=12), str(output), id_columns=["key"])
+    written = pd.read_parquet(output)  # files in name order
+    assert len(os.listdir(output)) == 12 and list(written["key"]) == list(rows.drop(index=7)["key"])
+    np.testing.assert_array_equal(written["anomaly_score"], expected_scores(detector, rows.drop(index=7)))
+
+
+def test_cli_refuses_options_dask_would_ignore(model_file, tmp_path):
+    data = tmp_path / "d.parquet"
+    draw_rows(5, seed=0).to_parquet(data)
+    for extra, named in ((["--delimiter", ";"], "--delimiter apply to CSV data"),
+                         (["--threads", "2"], "--threads cannot be used with --dask")):
+        result = invoke("score", model_file, data, "--dask", "-o", tmp_path / "out", *extra)
+        assert result.exit_code == 2 and named in result.stderr, result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_existing_output_folder_is_refused(model_file, rows, tmp_path):

@@ -3,7 +3,6 @@ score's Parquet output. Files are written with pandas/pyarrow in tmp dirs."""
 
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -143,6 +142,19 @@ def test_score_a_folder_and_a_glob_in_path_order(model, tmp_path):
     assert invoke("score", model, f"{tmp_path}/**/*.parquet").stdout == expected
 
 
+def test_outputs_never_replace_a_file_of_a_parquet_folder(model, tmp_path):
+    frame = csv_frame(NEW)
+    (tmp_path / "data").mkdir()
+    frame.iloc[:200].to_parquet(tmp_path / "data" / "part-0.parquet")
+    frame.iloc[200:].to_parquet(tmp_path / "data" / "part-1.parquet")
+    before = (tmp_path / "data" / "part-1.parquet").read_bytes()
+    for args in (["score", model, tmp_path / "data", "-o", tmp_path / "data" / "part-1.parquet"],
+                 ["calibrate", model, f"{tmp_path}/data/*.parquet", "-o", tmp_path / "data" / "part-1.parquet"]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "a file of DATA" in result.stderr, result.output
+    assert (tmp_path / "data" / "part-1.parquet").read_bytes() == before
+
+
 def test_invalid_rows_are_named_or_marked(model, tmp_path):
     frame = csv_frame(NEW)
     frame.loc[3, "LB"], frame.loc[310, "AC"] = np.nan, np.inf
@@ -220,16 +232,6 @@ def test_a_failure_leaves_no_partial_parquet_output(model, tmp_path):
     result = invoke("score", model, tmp_path / "new.parquet", "-o", target, "--chunk-size", "100")
     assert_input_error(result, f"{tmp_path / 'new.parquet'} row 520")
     assert target.read_bytes() == b"previous" and os.listdir(target.parent) == ["results.parquet"]
-
-
-def test_missing_pyarrow_says_how_to_install_it(model, new_parquet, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    hint = "needs pyarrow: pip install 'anomvae[parquet]'"
-    assert_input_error(invoke("score", model, new_parquet), hint)
-    assert_input_error(invoke("score", model, NEW, "-o", tmp_path / "out.parquet"), hint)
-    assert not (tmp_path / "out.parquet").exists()
-    assert_input_error(invoke("fit", new_parquet, "-o", tmp_path / "m.anomvae", *QUICK), hint)
 
 
 def test_csv_dialect_options_are_refused_for_parquet(model, new_parquet, tmp_path):

@@ -284,13 +284,19 @@ IMAGE_DEFAULTS = {"architecture": "conv", "likelihood": "bernoulli"}
 COLORS = {1: "grayscale", 3: "rgb"}
 
 
+def given_options(ctx, names):
+    """The flags (``--id-column``) of the parameters ``names`` of ``ctx``'s
+    command that the user gave, in the order of ``names``."""
+    flags = {param.name: max(param.opts, key=len) for param in ctx.command.params}
+    return [flags[name] for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+
+
 def refuse_csv_options(ctx, names, data, kind="images"):
     """A usage error naming the CSV-only options given for image (or
     Parquet) data, which would otherwise be ignored without a word."""
-    given = [name for name in names if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    given = given_options(ctx, names)
     if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{options} apply to CSV data; {data} is read as {kind}")
+        raise click.UsageError(f"{', '.join(given)} apply to CSV data; {data} is read as {kind}")
 
 
 def refit_note(n_excluded, refit_inliers):
@@ -304,12 +310,16 @@ def refit_note(n_excluded, refit_inliers):
 
 def data_inputs(data, as_images):
     """DATA as :func:`anomvae.files.check_outputs` reads inputs: for images,
-    also every image file that a folder or a pattern names."""
+    also every image file that a folder or a pattern names; for Parquet,
+    every file of a folder or pattern."""
     from ..errors import DataError
     from ..images import list_images
+    from ..parquet import is_parquet_source, list_files
 
     inputs = {"DATA": data}
-    if as_images:
-        with contextlib.suppress(DataError):  # the command itself names what is wrong
+    with contextlib.suppress(DataError):  # the command itself names what is wrong
+        if as_images:
             inputs["an image of DATA"] = list_images(data)
+        elif is_parquet_source(data):
+            inputs["a file of DATA"] = list_files(data)
     return inputs

@@ -10,6 +10,7 @@ from .options import (
     check_dialect,
     csv_dialect_options,
     data_inputs,
+    given_options,
     refuse_csv_options,
     threads_option,
 )
@@ -67,12 +68,10 @@ def report(ctx, model, data, output, top, explain_top, threshold, id_column, chu
     image_model = data is not None and _image_model(model, data)
     check_outputs({"-o": output}, {"MODEL": model, **({} if data is None else data_inputs(data, image_model))})
     if data is None:
-        batch_only = [name for name in ("id_column", "delimiter", "decimal", "invalid_rows", "chunk_size", "top",
-                                        "explain_top", "threshold")
-                      if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        batch_only = given_options(ctx, ("id_column", "delimiter", "decimal", "invalid_rows", "chunk_size", "top",
+                                         "explain_top", "threshold"))
         if batch_only:
-            options = ", ".join("--" + name.replace("_top", "").replace("_", "-") for name in batch_only)
-            raise click.UsageError(f"{options} apply to a batch: give DATA after MODEL")
+            raise click.UsageError(f"{', '.join(batch_only)} apply to a batch: give DATA after MODEL")
     elif image_model:
         refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
     elif is_parquet_source(data):

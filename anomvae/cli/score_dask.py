@@ -8,11 +8,12 @@ import time
 import click
 
 from .app import EXIT_ANOMALIES, InputError, model_kind
+from .options import data_inputs, given_options, refuse_csv_options
 
 # Options of ``score`` that --dask does not take: what they change is the
-# single output stream, or per-row work on this machine.
-REFUSED = {"fmt": "--format", "only_anomalies": "--only-anomalies", "chunk_size": "--chunk-size",
-           "heatmaps": "--heatmaps", "heatmap_scale": "--heatmap-scale", "explain_top": "--explain"}
+# single output stream, per-row work on this machine, or (threads) what each
+# worker sets for itself: one torch thread.
+REFUSED = ("fmt", "only_anomalies", "chunk_size", "heatmaps", "heatmap_scale", "explain_top", "threads")
 
 
 def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column, invalid_rows, delimiter, decimal,
@@ -22,8 +23,7 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     ``--summary-json``, ``--metrics-file`` and exit codes are those of
     ``score``. The summary and the metrics are written before the Parquet
     files are moved into ``output``, and renamed into place after them."""
-    given = [flag for name, flag in REFUSED.items()
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    given = given_options(ctx, REFUSED)
     if given:
         raise click.UsageError(f"{', '.join(given)} cannot be used with --dask")
     if output == "-":
@@ -31,8 +31,12 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     started = time.monotonic()
     from .. import dask as anomdask
     from ..files import atomic_write, check_outputs
+    from ..parquet import is_parquet_source
     from ..persistence import read_metadata
     from .score import _report, write_run_files
+
+    if is_parquet_source(data):
+        refuse_csv_options(ctx, ("delimiter", "decimal"), data, "Parquet")
 
     try:
         anomdask.require()
@@ -70,18 +74,13 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
 
 
 def _local_files(data):
-    """DATA's files on this machine, as ``check_outputs`` takes inputs
-    (none for a URL, which no output here can name)."""
+    """DATA's files on this machine, as ``check_outputs`` takes inputs: those
+    of ``score`` and the CSV files of a pattern (none for a URL, which no
+    output here can name)."""
     import glob
 
-    from ..errors import DataError
-    from ..parquet import is_parquet_source, list_files
-
-    text = str(data)
-    if "://" in text:
+    if "://" in str(data):
         return {}
-    files = glob.glob(text, recursive=True)
-    if is_parquet_source(text):
-        with contextlib.suppress(DataError):  # the reader names what is wrong
-            files = list_files(text)
-    return {"DATA": text, "a file of DATA": files}
+    inputs = data_inputs(data, False)
+    inputs.setdefault("a file of DATA", glob.glob(str(data), recursive=True))
+    return inputs
