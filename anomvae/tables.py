@@ -30,6 +30,9 @@ _MAX_LINES_SHOWN = 5
 # (id) columns, whose values are copied to the output as written.
 MISSING_MARKERS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
+# Empty fields a line may hold past the header's columns (trailing delimiters)
+# and still be read without a warning.
+_TRAILING_FIELDS = 16
 # A number written with a decimal comma, which a file read with --decimal '.' leaves as text.
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
 
@@ -68,14 +71,16 @@ def _first_line_with_extra_values(path, delimiter):
 @contextlib.contextmanager
 def _no_extra_fields(path, delimiter):
     """Turn pandas' warning about lines with more fields than the header
-    into a :class:`DataError`: those values would be dropped silently. With
-    keep_default_na=False (verbatim ids) pandas also warns of the empty
-    field a trailing delimiter adds, which loses nothing: a file on disk is
-    checked for a value really lost."""
+    into a :class:`DataError`: those values would be dropped silently. (The
+    empty fields of trailing delimiters raise no warning: :func:`_read`
+    counts them as missing.) A file on disk is scanned for the line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", message="Length of header or names does not match",
                                 category=pd.errors.ParserWarning)
         yield
+    for warning in caught:
+        if "Length of header or names" not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     lost = any("Length of header or names" in str(w.message) for w in caught)
     line = _first_line_with_extra_values(path, delimiter) if lost else 0
     if line != 0:
@@ -178,10 +183,16 @@ def _read(path, delimiter, *, decimal=".", text_columns=(), chunk_size=None):
             # (a trailing delimiter), pandas would otherwise take the first
             # column as the index and shift every value one column to the left.
             # skipinitialspace=False: id values keep their spaces; numbers are read despite them.
+            # Empty fields past the header's columns (trailing delimiters) are
+            # missing values, which pandas drops without the warning that a
+            # value beyond the header gets (see _no_extra_fields).
+            missing = {i: MISSING_MARKERS for i in range(len(names)) if i not in text}
+            if len(delimiter) == 1:  # pandas' Python engine (a regex delimiter) refuses such columns
+                missing.update((i, [""]) for i in range(len(names), len(names) + _TRAILING_FIELDS))
             frames = pd.read_csv(
                 source, sep=delimiter, decimal=decimal, skip_blank_lines=False, skipinitialspace=False,
-                index_col=False, keep_default_na=False, dtype={i: str for i in text},
-                na_values={i: MISSING_MARKERS for i in range(len(names)) if i not in text}, chunksize=chunk_size,
+                index_col=False, keep_default_na=False, dtype={i: str for i in text}, na_values=missing,
+                chunksize=chunk_size,
             )
         if chunk_size is None:
             frames = iter([frames])

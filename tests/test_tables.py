@@ -42,6 +42,19 @@ def test_a_trailing_delimiter_shifts_no_column(model, tmp_path):
     assert list(anomvae.load(tmp_path / "m").feature_names_in_) == list(pd.read_csv(NEW, nrows=0).columns[1:])
 
 
+def test_trailing_delimiters_from_standard_input_or_a_compressed_file(model, tmp_path):
+    import gzip
+
+    text = "".join(line + ("," if number else "") + "\n" for number, line in enumerate(NEW.read_text().splitlines()))
+    with gzip.open(tmp_path / "data.csv.gz", "wt") as handle:
+        handle.write(text)
+    plain = score_frame(invoke("score", model, NEW))
+    pd.testing.assert_frame_equal(score_frame(invoke("score", model, "-", input=text)), plain)
+    pd.testing.assert_frame_equal(score_frame(invoke("score", model, tmp_path / "data.csv.gz")), plain)
+    lost = text.replace(",\n", ",9\n", 3)  # the third data line holds a value beyond the header
+    assert_input_error(invoke("score", model, "-", input=lost), "<stdin>: a line has more values than the header")
+
+
 @pytest.mark.parametrize("command", ["fit", "score"])
 def test_values_beyond_the_header_are_named(model, tmp_path, command):
     lines = NEW.read_text().splitlines()
