@@ -72,10 +72,14 @@ def interpolation_path(z_a, z_b, n_steps, method="slerp"):
     """``n_steps`` latent codes from ``z_a`` to ``z_b``, both included.
 
     ``"linear"``: evenly spaced on the segment. ``"slerp"``: spherical
-    interpolation (White, 2016), ``sin((1 - t) w) / sin(w) z_a + sin(t w) /
-    sin(w) z_b`` for ``w`` the angle between the codes, which keeps the
-    codes' norms typical of the standard normal prior instead of passing
-    near the origin. When the codes point the same or opposite ways, or one
+    interpolation (White, 2016): the direction turns along the great circle
+    between the codes' directions, ``(sin((1 - t) w) u_a + sin(t w) u_b) /
+    sin(w)`` for ``w`` the angle between the unit vectors ``u_a`` and
+    ``u_b``, while the length goes linearly from one code's norm to the
+    other's. The norms stay between the ends' (typical of the standard
+    normal prior) instead of passing near the origin, and codes of unequal
+    length at a wide angle do not overshoot, as the textbook formula on the
+    raw codes does. When the codes point the same or opposite ways, or one
     is zero, no single great circle joins them and the path is linear.
 
     Parameters
@@ -95,12 +99,13 @@ def interpolation_path(z_a, z_b, n_steps, method="slerp"):
         raise ValueError(f"method must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {method!r:.80}")
     z_a, z_b = np.asarray(z_a, dtype=np.float64), np.asarray(z_b, dtype=np.float64)
     t = np.linspace(0.0, 1.0, int(n_steps))[:, None]
-    norms = np.linalg.norm(z_a) * np.linalg.norm(z_b)
-    omega = np.arccos(np.clip(z_a @ z_b / norms, -1.0, 1.0)) if norms > 0 else 0.0
+    norm_a, norm_b = np.linalg.norm(z_a), np.linalg.norm(z_b)
+    omega = np.arccos(np.clip(z_a @ z_b / (norm_a * norm_b), -1.0, 1.0)) if norm_a * norm_b > 0 else 0.0
     if method == "linear" or np.sin(omega) < 1e-6:
         path = (1.0 - t) * z_a + t * z_b
     else:
-        path = (np.sin((1.0 - t) * omega) * z_a + np.sin(t * omega) * z_b) / np.sin(omega)
+        direction = (np.sin((1.0 - t) * omega) * z_a / norm_a + np.sin(t * omega) * z_b / norm_b) / np.sin(omega)
+        path = ((1.0 - t) * norm_a + t * norm_b) * direction
     path[0], path[-1] = z_a, z_b  # exactly, whatever the rounding
     return path
 

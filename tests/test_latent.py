@@ -28,6 +28,11 @@ def test_slerp_follows_the_great_circle():
     # Codes of different norms: the norm moves smoothly between them, never toward 0.
     norms = np.linalg.norm(interpolation_path(a, 3 * b, 9), axis=1)
     assert norms.min() >= 2.0 - 1e-12 and norms.max() <= 6.0 + 1e-12
+    # Nearly opposite codes of lengths 1 and 3 (175 degrees): the textbook
+    # formula on the raw codes swings out to a norm of 23 and back to 0.3.
+    far = 3 * np.array([np.cos(np.radians(175)), np.sin(np.radians(175))])
+    norms = np.linalg.norm(interpolation_path(np.array([1.0, 0.0]), far, 21), axis=1)
+    np.testing.assert_allclose(norms, np.linspace(1.0, 3.0, 21))
 
 
 @pytest.mark.parametrize("b", [np.array([2.0, 4.0]), np.array([-1.0, -2.0]), np.zeros(2)])
