@@ -332,6 +332,8 @@ class ReportPage(html.parser.HTMLParser):
         self.feed(text)
         self.close()
         assert not self.open, f"unclosed elements: {self.open}"
+        ids = [attrs["id"] for _, attrs in self.elements if "id" in attrs]
+        assert len(ids) == len(set(ids)), f"ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}"
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)

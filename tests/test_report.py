@@ -192,6 +192,20 @@ def test_image_report_has_both_grids(conv_model, test_images, tmp_path):
     assert findings.normal[0]["anomaly_score"] <= findings.top[-1]["anomaly_score"]
 
 
+def test_an_image_report_keeps_pixels_only_of_the_images_it_shows(conv_model, test_images, tmp_path):
+    # A long --top table of images must not hold every listed image in memory.
+    from anomvae.reporting import GRID_ANOMALIES
+
+    np.save(tmp_path / "batch.npy", test_images.reshape(-1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        findings = anomvae.report(conv_model, str(tmp_path / "batch.npy"), tmp_path / "r.html", top=30)
+    assert len(findings.top) == min(30, len(test_images)) > GRID_ANOMALIES
+    assert [("pixels" in row) for row in findings.top] == [i < GRID_ANOMALIES for i in range(len(findings.top))]
+    scores = [row["anomaly_score"] for row in findings.top]
+    assert scores == sorted(scores, reverse=True)
+
+
 @pytest.mark.parametrize("name", [r"x$\b$.csv", "y$^$.csv", "a$b$_c.csv"])
 def test_file_names_with_dollars_are_plain_text_in_the_figures(detector, tmp_path, name):
     # matplotlib reads text between two "$" as mathtext: a file name must not be.

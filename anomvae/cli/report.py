@@ -59,7 +59,6 @@ def report(ctx, model, data, output, top, explain_top, threshold, id_column, chu
         raise InputError(f"anomvae report needs matplotlib: {plots.INSTALL_HINT}") from None
     from ..files import check_outputs
     from ..parquet import is_parquet_source
-    from ..persistence import load_with_metadata
     from ..reporting import report as write_report
     from ..tables import display_name
     from .score import _image_model, _report
@@ -76,11 +75,9 @@ def report(ctx, model, data, output, top, explain_top, threshold, id_column, chu
         refuse_csv_options(ctx, ("id_column", "delimiter", "decimal"), data)
     elif is_parquet_source(data):
         refuse_csv_options(ctx, ("delimiter", "decimal"), data, "Parquet")
-    detector, metadata = load_with_metadata(model)
-    findings = write_report(detector, data, output, images=image_model, threshold=threshold, top=top,
+    findings = write_report(model, data, output, images=image_model, threshold=threshold, top=top,
                             explain_top=explain_top, id_columns=id_column, chunk_size=chunk_size,
-                            delimiter=delimiter, decimal=decimal, invalid_rows=invalid_rows, metadata=metadata,
-                            model_path=model)
+                            delimiter=delimiter, decimal=decimal, invalid_rows=invalid_rows)
     if quiet:
         return
     if findings is not None:

@@ -33,8 +33,7 @@ PAIR_WIDTH, PAIR_HEIGHT = html.CELL_WIDTH, 2 * html.CELL_WIDTH
 
 
 def report(model, data=None, output="report.html", *, images=None, threshold=None, top=20, explain_top=3,
-           id_columns=(), chunk_size=None, delimiter=",", decimal=".", invalid_rows="error", metadata=None,
-           model_path=None):
+           id_columns=(), chunk_size=None, delimiter=",", decimal=".", invalid_rows="error"):
     """Write an HTML report on ``model`` and, if given, the batch ``data``.
 
     Parameters
@@ -64,10 +63,6 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
         The CSV's format.
     invalid_rows : {"error", "mark"}, default="error"
         Rows that cannot be scored fail, naming them, or are counted as not scored.
-    metadata : dict, default=None
-        The model file's metadata when ``model`` is a detector loaded from one.
-    model_path : str, default=None
-        The model file's name to show, when ``model`` is a detector.
 
     Returns
     -------
@@ -76,6 +71,7 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
         --summary-json --summary-top TOP`` reports), None without ``data``.
     """
     plots.require()
+    metadata = model_path = None
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from ..persistence import load_with_metadata
 
@@ -96,7 +92,7 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
             findings = gather(model, data, images=images, threshold=threshold, n_top=top, n_normal=GRID_NORMAL,
                               explain_top=explain_top, id_columns=ids if not images else (),
                               chunk_size=chunk_size, delimiter=delimiter, decimal=decimal,
-                              mark_invalid=invalid_rows == "mark", summary_top=top)
+                              mark_invalid=invalid_rows == "mark", n_pictured=GRID_ANOMALIES)
         stream.write(render(model, findings, metadata=metadata, model_path=model_path, threshold=threshold))
     return findings
 
@@ -179,6 +175,6 @@ def _pair(model, row, scale, threshold):
         pair = pair.resize((max(1, round(pair.width * shrink)), max(1, round(pair.height * shrink))),
                            Image.Resampling.LANCZOS)
     p_value = "" if row["p_value"] is None else f", p-value {row['p_value']:.3g}"
-    flag = "ANOMALY" if row["anomaly_score"] > threshold else "normal"
+    flag = "ANOMALY" if row["flagged"] else "normal"
     return html.pil_png(pair), (f"{flag}: {row['ids'].get('path', '')}: {row['anomaly_score']:.4g} nats "
                                 f"({'above' if flag == 'ANOMALY' else 'at or below'} {threshold:.4g}){p_value}")

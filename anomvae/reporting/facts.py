@@ -102,7 +102,8 @@ def _training(model, params, training):
     source = f"{rows:,} rows of {training.get('file', '?')}; " if isinstance(rows, int) else ""
     monitored = "validation share {:g}".format(params["validation_fraction"]) if params["validation_fraction"] \
         else "no validation rows"
-    return Fact("training", "training",
+    # Not id "training": that is the Training section's.
+    return Fact("training-run", "training",
                 f"{source}{model.n_epochs_} epochs (best {model.best_epoch_}), KL warm-up {params['kl_warmup']} "
                 f"epochs to beta {params['beta']:g}, {monitored}, batch size {model.batch_size_}, "
                 f"on {model.device_}", model.n_epochs_)

@@ -62,15 +62,16 @@ class _Discard:
 
 
 class ReportMonitor(BatchMonitor):
-    """:class:`~anomvae.scoring.BatchMonitor` (the summary's top rows, its
-    shift test) that also fills a histogram of the batch's scores and keeps
-    the values of its ``n_top`` highest-scoring and ``n_normal``
-    lowest-scoring rows."""
+    """:class:`~anomvae.scoring.BatchMonitor` (the summary's ``n_top`` top
+    rows, its shift test) that also fills a histogram of the batch's scores
+    and keeps the ids of its ``n_top`` highest-scoring rows, the values of
+    the ``n_values`` highest (those explained or pictured), and those of its
+    ``n_normal`` lowest-scoring rows."""
 
-    def __init__(self, model, histogram, n_top, n_normal=0, summary_top=10):
-        super().__init__(model, summary_top, shift_test=True)
+    def __init__(self, model, histogram, n_top, n_values, n_normal=0):
+        super().__init__(model, n_top, shift_test=True)
         self.histogram = histogram
-        self.highest, self.lowest = TopScores(n_top), TopScores(n_normal)
+        self.highest, self.valued, self.lowest = TopScores(n_top), TopScores(n_values), TopScores(n_normal)
 
     def add(self, scores, rows, identity, values=None):
         super().add(scores, rows, identity)
@@ -78,8 +79,17 @@ class ReportMonitor(BatchMonitor):
         if len(scores):
             def keep(i):
                 return {"ids": identity(i), "values": np.array(values[i])}
-            self.highest.add(scores, rows, keep)
+            self.highest.add(scores, rows, lambda i: {"ids": identity(i)})
+            self.valued.add(scores, rows, keep)
             self.lowest.add(-np.asarray(scores), rows, keep)
+
+    def top_rows(self):
+        """The highest-scoring rows, highest first; the first ``n_values``
+        with their values (both heaps see every row, so they agree)."""
+        rows = self.highest.result()
+        for row, valued in zip(rows, self.valued.result()):
+            row["values"] = valued["values"]
+        return rows
 
 
 def baseline_histogram(model, threshold):
@@ -95,8 +105,8 @@ def baseline_histogram(model, threshold):
     return histogram
 
 
-def gather(model, data, *, images, threshold=None, n_top=20, n_normal=4, explain_top=3, id_columns=(),
-           chunk_size=None, delimiter=",", decimal=".", mark_invalid=False, summary_top=10):
+def gather(model, data, *, images, threshold=None, n_top=20, n_pictured=8, n_normal=4, explain_top=3, id_columns=(),
+           chunk_size=None, delimiter=",", decimal=".", mark_invalid=False):
     """Score ``data`` with ``model`` as ``anomvae score`` does and collect
     the report's :class:`Findings`.
 
@@ -111,16 +121,19 @@ def gather(model, data, *, images, threshold=None, n_top=20, n_normal=4, explain
         ``None`` uses the model's.
     n_top, n_normal : int
         Rows kept with the highest and (images only) lowest scores.
+    n_pictured : int, default=8
+        Images only: of the ``n_top`` highest, those whose pixels are kept
+        for the grid (tables keep the features of all ``n_top``).
     explain_top : int, default=3
         Features listed per top row (tables).
-    id_columns, chunk_size, delimiter, decimal, mark_invalid, summary_top
+    id_columns, chunk_size, delimiter, decimal, mark_invalid
         As for :func:`~anomvae.scoring.score_csv`.
     """
     cut = model.threshold_ if threshold is None else threshold
     histogram = baseline_histogram(model, cut)
-    monitor = ReportMonitor(model, histogram, n_top, n_normal if images else 0, summary_top)
-    common = dict(threshold=threshold, fmt="csv", mark_invalid=mark_invalid, only_anomalies=True,
-                  summary_top=summary_top, monitor=monitor)
+    monitor = ReportMonitor(model, histogram, n_top, min(n_top, n_pictured) if images else n_top,
+                            n_normal if images else 0)
+    common = dict(threshold=threshold, fmt="csv", mark_invalid=mark_invalid, only_anomalies=True, monitor=monitor)
     if images:
         summary = score_images(model, data, _Discard(), batch_size=chunk_size or 256, **common)
     else:
@@ -129,7 +142,7 @@ def gather(model, data, *, images, threshold=None, n_top=20, n_normal=4, explain
     from ..tables import display_name
 
     findings = Findings(display_name(data), "images" if images else "rows", summary, histogram)
-    findings.top = _described(model, monitor.highest.result(), 1.0, summary.threshold, images, explain_top)
+    findings.top = _described(model, monitor.top_rows(), 1.0, summary.threshold, images, explain_top)
     if images:
         findings.normal = _described(model, monitor.lowest.result(), -1.0, summary.threshold, images, 0)
     return findings
@@ -141,20 +154,22 @@ def _described(model, kept, sign, threshold, images, explain_top):
     if not kept:
         return []
     scores = sign * np.array([row["anomaly_score"] for row in kept])
-    values = np.stack([row["values"] for row in kept])
+    # The first rows, kept with their values, get explained or pictured.
+    values = [row["values"] for row in kept if "values" in row]
     reference = getattr(model, "reference_scores_", None)
     p_values = conformal_p_values(reference, scores) if reference is not None else [None] * len(kept)
     described = [{"ids": row["ids"], "anomaly_score": float(score), "flagged": bool(score > threshold),
                   "p_value": None if p is None else float(p)} for row, score, p in zip(kept, scores, p_values)]
-    if images:
+    if images and values:
+        values = np.stack(values)
         for row, pixels, contributions in zip(described, values, model.feature_contributions(values)):
             row.update(pixels=pixels, contributions=contributions)
-    elif explain_top:
+    elif explain_top and values:
         import pandas as pd
 
         from ..explain import explain
 
-        frame = pd.DataFrame(values, columns=feature_names(model))
+        frame = pd.DataFrame(np.stack(values), columns=feature_names(model))
         for row, items in zip(described, explain(model, frame, explain_top)):
             row["explanation"] = items
     return described

@@ -39,7 +39,7 @@ class ScoreHistogram:
     values : array-like of float
         Scores the first bins are sized for (the model's baseline scores
         and threshold); they are not counted.
-    n_bins : int, default=64
+    n_bins : int, default=128
 
     Attributes
     ----------
