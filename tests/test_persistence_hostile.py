@@ -7,11 +7,9 @@ import io
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 
 import pandas as pd
@@ -269,9 +267,7 @@ def test_deeply_nested_json_is_refused(parts, tmp_path, depth):
     (lambda f: f["module_config"].update(depth=3), "unknown entries ['depth']"),
 ])
 def test_damaged_fitted_values_are_refused_naming_the_field(parts, tmp_path, edit, message):
-    start = time.perf_counter()
     assert_refused(edited(parts, tmp_path / "bad.anomvae", lambda m: edit(m["fitted"])), message)
-    assert time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -406,15 +402,12 @@ def test_any_metadata_edit_loads_or_is_one_model_file_error(parts, tmp_path, dat
         except (KeyError, IndexError, TypeError):
             pass  # an earlier edit removed this path
     file = write_model(tmp_path / "fuzz.anomvae", None, parts[1], raw_metadata=json.dumps(metadata))
-    start = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # (Memory is bounded by the RLIMIT_DATA tests above; a timed assert here would be a timed test.)
     for loader in (anomvae.load, load_for_scoring):
         try:
             loader(file)
         except ModelFileError as exc:
             assert str(exc).startswith(f"{file}: ") and "\n" not in str(exc) and len(str(exc)) < 600
-    assert time.perf_counter() - start < 10
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB
 
 
 def test_a_model_trained_on_a_numbered_cpu_loads(parts, tmp_path):
