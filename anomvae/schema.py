@@ -243,6 +243,12 @@ def check_extra(extra):
             raise ValueError(f"extra.{key} {quote(extra[key])} is not a mapping")
 
 
+def id_columns_of(metadata, given=()):
+    """The id columns to copy to results: those ``given``, else those the
+    model file's metadata records (from ``fit --id-column``), else none."""
+    return list(given) or list((metadata or {}).get("extra", {}).get("id_columns", []))
+
+
 def set_fitted(model, attributes):
     """Set :func:`decode_fitted`'s attributes on ``model``."""
     unset = {field.name for field in FIELDS if field.unset_when_none}

@@ -30,9 +30,8 @@ _MAX_LINES_SHOWN = 5
 # (id) columns, whose values are copied to the output as written.
 MISSING_MARKERS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
-# Empty fields a line may hold past the header's columns (trailing delimiters)
-# and still be read without a warning.
-_TRAILING_FIELDS = 16
+_TRAILING_FIELDS = 16  # empty fields past the header's columns read as missing (see _read)
+_PACKED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")  # names pandas decompresses
 # A number written with a decimal comma, which a file read with --decimal '.' leaves as text.
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
 
@@ -48,13 +47,10 @@ def _stdin():
 
 
 def _first_line_with_extra_values(path, delimiter):
-    """Line number (header = 1) of the first line holding a non-empty value
-    beyond the header's columns, for a plain file on disk (0 when there is
-    none); None when that cannot be told."""
-    compressed = str(path).lower().endswith((".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"))
-    # A delimiter of several characters is a regular expression to pandas; csv cannot follow it.
-    # Standard input and pipes were read already.
-    if path == "-" or compressed or len(delimiter) != 1 or not os.path.isfile(path):
+    """Line number (header = 1) of the first line holding a non-empty value beyond the
+    header's columns, for a plain file on disk (0 when none); None when that cannot be told."""
+    # pandas reads a longer delimiter as a regular expression, which csv cannot follow; stdin was read.
+    if path == "-" or len(delimiter) != 1 or not os.path.isfile(path) or str(path).lower().endswith(_PACKED):
         return None
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as handle:
@@ -70,23 +66,20 @@ def _first_line_with_extra_values(path, delimiter):
 
 @contextlib.contextmanager
 def _no_extra_fields(path, delimiter):
-    """Turn pandas' warning about lines with more fields than the header
-    into a :class:`DataError`: those values would be dropped silently. (The
-    empty fields of trailing delimiters raise no warning: :func:`_read`
-    counts them as missing.) A file on disk is scanned for the line."""
+    """Turn pandas' warning of lines with more fields than the header into a :class:`DataError`: those
+    values would be dropped silently (the empty fields of trailing delimiters are missing values, see
+    :func:`_read`, and raise none). A file on disk is scanned for the line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", message="Length of header or names does not match",
                                 category=pd.errors.ParserWarning)
         yield
-    for warning in caught:
-        if "Length of header or names" not in str(warning.message):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    lost = any("Length of header or names" in str(w.message) for w in caught)
+    lost = [w for w in caught if "Length of header or names" in str(w.message)]
+    for other in (w for w in caught if w not in lost):  # passed on, not swallowed
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     line = _first_line_with_extra_values(path, delimiter) if lost else 0
     if line != 0:
-        where = "a line" if line is None else f"line {line}"
-        raise DataError(f"{display_name(path)}: {where} has more values than the header has columns "
-                        f"(delimiter {delimiter!r}); name every column in the header")
+        raise DataError(f"{display_name(path)}: {'a line' if line is None else f'line {line}'} has more values "
+                        f"than the header has columns (delimiter {delimiter!r}); name every column in the header")
 
 
 @contextlib.contextmanager
@@ -179,21 +172,17 @@ def _read(path, delimiter, *, decimal=".", text_columns=(), chunk_size=None):
             source, fields = _open(path, delimiter, stack)
             names = _column_names(fields, display_name(path))
             text = {i for i, column in enumerate(names) if column in text_columns}
-            # index_col=False: when lines hold one field more than the header
-            # (a trailing delimiter), pandas would otherwise take the first
-            # column as the index and shift every value one column to the left.
-            # skipinitialspace=False: id values keep their spaces; numbers are read despite them.
-            # Empty fields past the header's columns (trailing delimiters) are
-            # missing values, which pandas drops without the warning that a
-            # value beyond the header gets (see _no_extra_fields).
+            # index_col=False: with trailing delimiters pandas would make the
+            # first column the index, shifting every value one column left; their
+            # empty fields are missing values, dropped without the warning a value
+            # beyond the header gets (see _no_extra_fields). skipinitialspace=False:
+            # id values keep their spaces; numbers are read despite them.
             missing = {i: MISSING_MARKERS for i in range(len(names)) if i not in text}
             if len(delimiter) == 1:  # pandas' Python engine (a regex delimiter) refuses such columns
                 missing.update((i, [""]) for i in range(len(names), len(names) + _TRAILING_FIELDS))
-            frames = pd.read_csv(
-                source, sep=delimiter, decimal=decimal, skip_blank_lines=False, skipinitialspace=False,
-                index_col=False, keep_default_na=False, dtype={i: str for i in text}, na_values=missing,
-                chunksize=chunk_size,
-            )
+            frames = pd.read_csv(source, sep=delimiter, decimal=decimal, skip_blank_lines=False,
+                                 skipinitialspace=False, index_col=False, keep_default_na=False,
+                                 dtype={i: str for i in text}, na_values=missing, chunksize=chunk_size)
         if chunk_size is None:
             frames = iter([frames])
         else:

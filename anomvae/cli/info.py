@@ -38,6 +38,8 @@ def _variance_floors(fitted):
 def describe(path, metadata):
     """What ``info --json`` prints about the model file at ``path``, from
     metadata that :func:`~anomvae.persistence.read_metadata` checked."""
+    from ..schema import id_columns_of
+
     fitted = metadata["fitted"]
     history = fitted.get("history_") or {}
     kind = model_kind(metadata)
@@ -55,7 +57,7 @@ def describe(path, metadata):
         "image_size": shape[1:] if shape is not None and kind == "images" else None,
         "n_features": fitted.get("n_features_in_"),
         "features": fitted.get("feature_names_in_"),
-        "id_columns": metadata.get("extra", {}).get("id_columns", []),
+        "id_columns": id_columns_of(metadata),
         "threshold": fitted.get("threshold_"),
         "calibration": (
             None if fitted.get("reference_scores_") is None else

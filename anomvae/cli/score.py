@@ -92,6 +92,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
     from ..files import atomic_write, check_outputs
     from ..parquet import is_parquet_source
     from ..persistence import load_with_metadata
+    from ..schema import id_columns_of
     from ..scoring import score_csv, score_images
     from ..tables import display_name
 
@@ -112,7 +113,7 @@ def score(ctx, model, data, output, fmt, only_anomalies, threshold, fail_on_anom
                                "where each image's score comes from")
     # Scores alone need only the network: skip importing scikit-learn.
     detector, metadata = load_with_metadata(model, scoring_only=not (heatmaps or explain_top))
-    ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
+    ids = id_columns_of(metadata, id_column)
     fmt = fmt or _output_format(output)
     if fmt == "parquet" and output == "-":
         raise click.UsageError("Parquet results are binary: give -o FILE.parquet, not standard output")

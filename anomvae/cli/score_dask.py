@@ -33,6 +33,7 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     from ..files import atomic_write, check_outputs
     from ..parquet import is_parquet_source
     from ..persistence import read_metadata
+    from ..schema import id_columns_of
     from .score import _report, write_run_files
 
     if is_parquet_source(data):
@@ -45,7 +46,7 @@ def score_with_dask(ctx, model, data, output, *, scheduler, threshold, id_column
     metadata = read_metadata(model)
     if model_kind(metadata) == "images":
         raise click.UsageError(f"{model} is an image model; --dask scores tables (Parquet or CSV)")
-    ids = list(id_column) or list(metadata.get("extra", {}).get("id_columns", []))
+    ids = id_columns_of(metadata, id_column)
     # -o among them: a summary named as the folder would be renamed onto it
     # after the Parquet files had moved in, failing with the folder left.
     check_outputs({"-o": output, "--summary-json": summary_json, "--metrics-file": metrics_file},

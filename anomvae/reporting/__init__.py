@@ -15,6 +15,7 @@ holds one float per scored row.
 """
 
 from .. import plots
+from ..schema import id_columns_of
 from . import html
 from .facts import model_facts
 from .gather import Findings, baseline_histogram, gather
@@ -81,7 +82,7 @@ def report(model, data=None, output="report.html", *, images=None, threshold=Non
         images = getattr(model, "image_shape_", None) is not None
     if invalid_rows not in ("error", "mark"):
         raise ValueError(f"invalid_rows must be 'error' or 'mark', got {invalid_rows!r}")
-    ids = list(id_columns) or list((metadata or {}).get("extra", {}).get("id_columns", []))
+    ids = id_columns_of(metadata, id_columns)
     from ..files import atomic_write
 
     # Opened first, so that an output that cannot be written fails before
