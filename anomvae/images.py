@@ -15,7 +15,6 @@ from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_EXTENSIONS = (".npy", ".npz")
-_GLOB_CHARS = "*?["
 # Pillow modes read as one channel; anything else is read as RGB.
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 # Pillow modes of more than 8 bits per pixel: unsigned 16-bit integers
@@ -39,7 +38,7 @@ def is_image_source(source):
     text = str(source)
     if text == "-" or parquet.is_parquet_source(text):
         return False
-    pattern = any(c in text for c in _GLOB_CHARS) and not os.path.exists(text)
+    pattern = parquet.is_pattern(text)
     return os.path.isdir(text) or pattern or text.lower().endswith(IMAGE_EXTENSIONS + ARRAY_EXTENSIONS)
 
 
@@ -61,7 +60,7 @@ def list_images(source):
         if not found:
             raise DataError(f"{text}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
         return found
-    if any(c in text for c in _GLOB_CHARS) and not os.path.exists(text):
+    if parquet.is_pattern(text):
         found = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
         if not found:
             raise DataError(f"{text}: the pattern matches no file")

@@ -24,8 +24,13 @@ import pandas as pd
 from .errors import DataError, quote
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
-_GLOB_CHARS = "*?["
 _READ_BUFFER = 1 << 16  # bytes per read of a column chunk (see _open)
+
+
+def is_pattern(text):
+    """Whether DATA ``text`` is a glob pattern: it holds ``*``, ``?`` or
+    ``[`` and names no existing file (``batch[1].csv`` that exists is a file)."""
+    return any(c in text for c in "*?[") and not os.path.exists(text)
 
 
 def _is_parquet_name(text):
@@ -57,7 +62,7 @@ def is_parquet_source(source):
         return True
     if os.path.isdir(text):
         return next(_walk(text), None) is not None
-    if any(c in text for c in _GLOB_CHARS) and not os.path.exists(text):
+    if is_pattern(text):
         matches = [p for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
         return bool(matches) and all(_is_parquet_name(p) for p in matches)
     return False
@@ -76,7 +81,7 @@ def list_files(source):
         return found
     if os.path.isfile(text):
         return [text]
-    if any(c in text for c in _GLOB_CHARS):
+    if is_pattern(text):
         found = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
         if found:
             return found
