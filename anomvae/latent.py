@@ -45,6 +45,20 @@ def latent_usage(means, kl):
     return kl_per_dim, int((np.var(means, axis=0) > ACTIVE_VARIANCE).sum())
 
 
+# Units whose KL a message lists (info --json and the fitted attribute hold them all).
+KL_SHOWN = 16
+
+
+def is_collapsed(active_units, latent_dim):
+    """Whether more than half of the ``latent_dim`` latent units are inactive."""
+    return 2 * active_units < latent_dim
+
+
+def kl_text(kl_per_dim):
+    """The first :data:`KL_SHOWN` units' KL, for a message: ``"2.17, 0.0017, ..."``."""
+    return ", ".join(f"{v:.3g}" for v in kl_per_dim[:KL_SHOWN]) + (", ..." if len(kl_per_dim) > KL_SHOWN else "")
+
+
 def warn_if_collapsed(kl_per_dim, active_units, converged=True):
     """Issue a :class:`~anomvae.errors.PosteriorCollapseWarning`, from the
     caller's code, when more than half of the latent units are inactive.
@@ -55,9 +69,9 @@ def warn_if_collapsed(kl_per_dim, active_units, converged=True):
     yet spread its codes, which is no collapse.
     """
     latent_dim = len(kl_per_dim)
-    if not converged or 2 * active_units >= latent_dim:
+    if not converged or not is_collapsed(active_units, latent_dim):
         return
-    kl = ", ".join(f"{v:.3g}" for v in kl_per_dim[:16]) + (", ..." if latent_dim > 16 else "")
+    kl = kl_text(kl_per_dim)
     warnings.warn(
         f"posterior collapse: only {active_units} of the {latent_dim} latent units are active (an active "
         f"unit's posterior mean E[z_d|x] has a variance above {ACTIVE_VARIANCE} over the training rows); KL per "

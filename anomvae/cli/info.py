@@ -127,18 +127,15 @@ def _text(summary):
     return lines
 
 
-# Units whose KL the text lists (--json has them all).
-MAX_KL_SHOWN = 16
-
-
 def _latent_line(summary):
     """How many latent units the network uses, and each unit's KL."""
     active, kl = summary["active_units"], summary["kl_per_dim"]
     if active is None:
         return "latent use: not recorded (the file predates it)"
-    collapsed = " (posterior collapse: most units inactive)" if 2 * active < len(kl) else ""
-    shown = ", ".join(format(v, ".3g") for v in kl[:MAX_KL_SHOWN]) + (", ..." if len(kl) > MAX_KL_SHOWN else "")
-    return f"latent use: {active} of {len(kl)} units active{collapsed}; KL per unit {shown} nats"
+    from ..latent import is_collapsed, kl_text
+
+    collapsed = " (posterior collapse: most units inactive)" if is_collapsed(active, len(kl)) else ""
+    return f"latent use: {active} of {len(kl)} units active{collapsed}; KL per unit {kl_text(kl)} nats"
 
 
 def _number(value, spec):

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from ..latent import is_collapsed
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -74,7 +76,7 @@ def _network(model, params):
 def _latent(model):
     active, kl = getattr(model, "active_units_", None), getattr(model, "kl_per_dim_", None)
     use = "units in use not recorded (the file predates it)" if active is None or kl is None else \
-        f"{active} of {len(kl)} units active" + (" (posterior collapse)" if 2 * active < len(kl) else "")
+        f"{active} of {len(kl)} units active" + (" (posterior collapse)" if is_collapsed(active, len(kl)) else "")
     return Fact("latent", "latent", f"{model.latent_dim_} dimensions; {use}", model.latent_dim_)
 
 
